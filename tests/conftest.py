@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny pipelines built offline, the public datasets from ../shared (dev copies)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# Tests find the public CSVs here (never committed to the project; see dataset/fetch.py).
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+if SHARED_DATASETS.is_dir():
+    os.environ.setdefault("RECE_DATASETS", str(SHARED_DATASETS))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory) -> Path:
+    """A saved diffusers StableDiffusionPipeline with random tiny weights (built once per session)."""
+    from utils.tiny import build_random_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny_sd")
+    build_random_pipeline(folder, "tiny", seed=0)
+    return folder
+
+
+def run_script(script: str, *args, check: bool = True, env: dict | None = None, timeout: int = 600):
+    """Run a project CLI as a user would (`python script args`), from the repo root."""
+    cmd = [sys.executable, str(REPO / script), *map(str, args)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
+                             f"stderr:\n{proc.stderr[-3000:]}")
+    return proc

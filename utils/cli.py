@@ -1,0 +1,55 @@
+"""Pieces shared by the erasure CLIs (execs/train_uce.py, train.py): flags, checks, run naming."""
+from __future__ import annotations
+
+import re
+import time
+from contextlib import contextmanager
+
+from .concepts import CONCEPT_TYPES
+from .errors import UserError
+
+
+def add_edit_args(parser, *, lamb: float | None, preserve_scale: float | None) -> None:
+    """Flags of the closed-form edit (SPEC 2), with the calling method's defaults."""
+    parser.add_argument("--concepts", required=True,
+                        help="comma-separated concepts to erase, e.g. 'nudity' or 'Kelly McKernan' (i2p expands)")
+    parser.add_argument("--concept_type", required=True, choices=list(CONCEPT_TYPES),
+                        help="kind of concept: decides guide, preserve set, templates, paper settings, validation")
+    parser.add_argument("--guided_concepts", default=None,
+                        help="comma-separated guide concepts (one for all or one per concept); "
+                             "default ' ' (unconditional), 'art' for --concept_type art")
+    parser.add_argument("--preserve_concepts", default=None,
+                        help="comma-separated concepts to preserve; default: none (art: the other 1,733 artists)")
+    parser.add_argument("--technique", default="replace", choices=["replace", "tensor"],
+                        help="targets of the erase pairs (SPEC 2): replace = guide outputs, tensor = projection")
+    parser.add_argument("--lamb", type=float, default=lamb, help=f"lambda_1, the weight of W0 (default {lamb})")
+    parser.add_argument("--erase_scale", type=float, default=1.0, help="weight of the erase pairs (default 1)")
+    parser.add_argument("--preserve_scale", type=float, default=preserve_scale,
+                        help="lambda_2, the weight of the preserve texts" +
+                             (" (default max(0.1, 1/#preserve texts))" if preserve_scale is None
+                              else f" (default {preserve_scale})"))
+    parser.add_argument("--text_batch_size", type=int, default=32, help="texts per text-encoder batch")
+
+
+def check_scales(args, names=("lamb", "erase_scale", "preserve_scale", "regular_scale")) -> None:
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None and not (v >= 0):  # also catches NaN
+            raise UserError(f"--{name} must be a non-negative number, got {v}")
+    if getattr(args, "text_batch_size", 1) < 1:
+        raise UserError(f"--text_batch_size must be at least 1, got {args.text_batch_size}")
+
+
+def slug(text: str, limit: int = 60) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip().lower()).strip("_")
+    return s[:limit] or "x"
+
+
+@contextmanager
+def stopwatch(store: dict, key: str):
+    """Add the wall time of the block to store[key] (seconds)."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        store[key] = store.get(key, 0.0) + time.perf_counter() - t

@@ -1,0 +1,145 @@
+"""Concept types, concept lists and the paper's settings, in one table (SPEC sections 2a, 3, 4).
+
+A concept type decides: the guide concept, the preserve set, the prompt templates of
+`--add_prompts`, the RECE settings the paper used, and how a model is validated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import UserError
+
+# SPEC 3: `--concepts i2p` stands for the I2P categories.
+I2P_CONCEPTS = ["hate", "harassment", "violence", "suffering", "humiliation", "harm", "suicide", "sexual",
+                "nudity", "bodily fluids", "blood"]
+
+# SPEC 2a: `--add_prompts` templates, each applied to the concept and to its guide.
+PROMPT_TEMPLATES = {
+    "art": ["painting by {}", "art by {}", "artwork by {}", "picture by {}", "style of {}"],
+    "object": ["image of {}", "photo of {}", "portrait of {}", "picture of {}", "painting of {}"],
+    # the testbed world (issue 5): captions of the shapes world
+    "colour": ["a {} shape", "a {} circle", "a {} square", "a {} triangle", "something {}"],
+    "shape": ["a {}", "a photo of a {}", "a drawing of a {}", "a red {}", "a blue {}"],
+}
+
+
+@dataclass(frozen=True)
+class ConceptType:
+    """What the paper does for one kind of concept."""
+    name: str
+    guide: str = " "                 # SPEC 2a: towards unconditional unless given
+    regular_scale: float = 0.1       # RECE gamma (SPEC 4)
+    epochs: int = 1
+    validation_csv: str | None = None
+    metric: str | None = None        # validation metric: lower is better
+    per_concept: dict = field(default_factory=dict)  # concept (lower case) -> overrides
+
+
+CONCEPT_TYPES = {
+    "nudity": ConceptType("nudity", regular_scale=0.1, epochs=3, validation_csv="validation_inappropriate.csv",
+                          metric="nudity_rate"),
+    "unsafe": ConceptType("unsafe", regular_scale=0.1, epochs=2, validation_csv="validation_inappropriate.csv",
+                          metric="q16_rate"),
+    "art": ConceptType("art", guide="art", regular_scale=1e-3, epochs=1, validation_csv="validation_niche_artists.csv",
+                       metric="style_rate",
+                       per_concept={a.lower(): {"validation_csv": "validation_big_artists.csv"}
+                                    for a in ("Pablo Picasso", "Van Gogh", "Rembrandt", "Andy Warhol", "Caravaggio")}),
+    "object": ConceptType("object", regular_scale=1e-3, epochs=0, validation_csv="validation_imagenet_prompts.csv",
+                          metric="target_accuracy",
+                          per_concept={"church": {"regular_scale": 1e-3, "epochs": 1},
+                                       "garbage truck": {"regular_scale": 1e-3, "epochs": 1},
+                                       "english springer": {"regular_scale": 0.1, "epochs": 1},
+                                       "golf ball": {"regular_scale": 0.1, "epochs": 1},
+                                       "parachute": {"regular_scale": 0.1, "epochs": 1}}),
+    # The built-in shapes world (issue 5): validated by its own judge on its own prompts.
+    "colour": ConceptType("colour", regular_scale=0.1, epochs=2, validation_csv="shapes:validation",
+                          metric="concept_rate"),
+    "shape": ConceptType("shape", regular_scale=0.1, epochs=2, validation_csv="shapes:validation",
+                         metric="concept_rate"),
+}
+# RECE's edit (SPEC 3): the same for every concept type in the paper.
+RECE_EDIT = dict(lamb=0.1, erase_scale=1.0, preserve_scale=0.1, emb_computing="close_regzero")
+# UCE's edit (SPEC 2a).
+UCE_EDIT = dict(lamb=0.5, erase_scale=1.0, technique="replace")
+
+
+def split_list(text: str | None) -> list[str]:
+    """`--concepts 'a, b'` -> ['a', 'b'] (comma-separated, stripped; empty items dropped)."""
+    if text is None:
+        return []
+    return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def parse_concepts(text: str | None, flag: str = "--concepts") -> list[str]:
+    concepts = split_list(text)
+    if not concepts:
+        raise UserError(f"{flag} is empty; expected one or more comma-separated concepts (or i2p)")
+    out = []
+    for c in concepts:
+        out.extend(I2P_CONCEPTS if c.lower() == "i2p" else [c])
+    return list(dict.fromkeys(out))
+
+
+def concept_type(name: str) -> ConceptType:
+    if name not in CONCEPT_TYPES:
+        raise UserError(f"--concept_type {name!r} is unknown; expected one of {', '.join(CONCEPT_TYPES)}")
+    return CONCEPT_TYPES[name]
+
+
+def guides_for(concepts: list[str], guided: str | None, ctype: ConceptType) -> list[str]:
+    """One guide per concept: `--guided_concepts` (one for all, or one each), else the type's guide."""
+    given = [g for g in str(guided).split(",")] if guided not in (None, "") else []
+    given = [g.strip() or " " for g in given]
+    if not given:
+        return [ctype.guide] * len(concepts)
+    if len(given) == 1:
+        return given * len(concepts)
+    if len(given) != len(concepts):
+        raise UserError(f"--guided_concepts has {len(given)} items for {len(concepts)} concepts; give one or one each")
+    return given
+
+
+def expand_with_templates(concepts: list[str], guides: list[str], ctype_name: str) -> tuple[list[str], list[str]]:
+    """SPEC 2a `--add_prompts`: each concept also as 'painting by {c}' etc., mapped to the same template
+    around its guide."""
+    templates = PROMPT_TEMPLATES.get(ctype_name, [])
+    out_c, out_g = list(concepts), list(guides)
+    for c, g in zip(concepts, guides):
+        for t in templates:
+            out_c.append(t.format(c))
+            out_g.append(t.format(g.strip()) if g.strip() else t.format(""))
+    return out_c, out_g
+
+
+def rece_settings(ctype: ConceptType, concepts: list[str]) -> dict:
+    """The paper's gamma / epochs / validation for these concepts (SPEC 4)."""
+    s = {"regular_scale": ctype.regular_scale, "epochs": ctype.epochs, "validation_csv": ctype.validation_csv,
+         "metric": ctype.metric}
+    for c in concepts:
+        s.update(ctype.per_concept.get(c.lower(), {}))
+    return s
+
+
+def all_artists() -> list[str]:
+    """The 1,734 artists of `artists1734_prompts.csv` (SPEC 2a's art preserve set)."""
+    import pandas as pd
+
+    from .datasets import dataset_path
+
+    df = pd.read_csv(dataset_path("artists1734_prompts.csv", "artist list"))
+    return list(dict.fromkeys(str(a).strip() for a in df["artist"].dropna()))
+
+
+def preserve_texts(ctype_name: str, concepts: list[str], preserve_concepts: list[str], stage: str) -> list[str]:
+    """The preserve texts of an edit.
+
+    UCE (SPEC 2a): the empty string plus the preserve concepts; for art, when none are given, every
+    other artist of artists1734_prompts.csv. RECE (SPEC 3): `" "` once per concept, or the preserve
+    concepts when given; for art the empty string plus the other artists.
+    """
+    if ctype_name == "art" and not preserve_concepts:
+        erased = {c.lower() for c in concepts}
+        preserve_concepts = [a for a in all_artists() if a.lower() not in erased]
+    if stage == "uce" or ctype_name == "art":
+        return [""] + list(preserve_concepts)
+    return list(preserve_concepts) if preserve_concepts else [" "] * len(concepts)
