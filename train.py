@@ -89,7 +89,7 @@ def main(args):
     validation_csv = args.test_csv_path or paper["validation_csv"]
     if validate:
         from utils.validation import check_validation
-        check_validation(ctype.name, paper["metric"], validation_csv)
+        check_validation(ctype.name, paper["metric"], validation_csv, concepts)
     save_path = Path(args.save_path or f"runs/rece/{slug(','.join(concepts), 40)}-{ctype.name}-{args.emb_computing}"
                                        f"-reg{gamma:g}-ep{epochs}")
     if not args.overwrite:

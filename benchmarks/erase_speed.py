@@ -1,0 +1,201 @@
+"""Speed and memory of the closed-form erasure on Stable Diffusion 1.4's exact shapes.
+
+    python benchmarks/erase_speed.py            # nudity: UCE + 3 RECE epochs, ours vs straightforward
+    python benchmarks/erase_speed.py --art      # also one artist with the 1,733 others preserved
+
+Builds (once, cached in benchmarks/cache/sd14) a pipeline with SD 1.4's shapes and random weights,
+offline. Measures, in one run:
+- ours: `execs/train_uce.py` and `train.py --skip_validation` as subprocesses, their own
+  closed_form_seconds (derivation + edits + materialising the matrices) and the peak RSS of the
+  whole process, and the edited-weights file size;
+- the straightforward way, in this process: two full pipelines in memory (original and edited), and
+  for every layer the text embeddings and targets recomputed inside the layer loop, explicit inverses,
+  RECE's sums accumulated layer by layer -- the shape of the authors' released code.
+Prints one JSON object (also written to benchmarks/results/erase_speed.json).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from utils.models import CROSS_ATTN_KEY, quiet_libraries  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cache", default=str(REPO / "benchmarks" / "cache" / "sd14"), help="SD 1.4-shaped pipeline folder")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="results folder")
+    p.add_argument("--art", action="store_true", help="also erase one artist preserving the 1,733 others")
+    p.add_argument("--skip_naive", action="store_true", help="only measure the toolkit")
+    p.add_argument("--naive_preserve_layers", type=int, default=1,
+                   help="art baseline: layers actually run before extrapolating to all 32")
+    return p.parse_args(argv)
+
+
+def ensure_model(folder: Path) -> Path:
+    if not (folder / "model_index.json").exists():
+        from utils.tiny import build_random_pipeline
+        print(f"building an SD 1.4-shaped pipeline with random weights in {folder} ...", file=sys.stderr)
+        build_random_pipeline(folder, "sd14", seed=0)
+    return folder
+
+
+def run_measured(args: list[str]) -> tuple[float, int]:
+    """Run a CLI in a fresh process; return (wall seconds, peak RSS in bytes of that process)."""
+    code = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, sys.executable, *args], cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args} failed:\n{proc.stderr[-2000:]}")
+    return wall, int(proc.stdout.strip().splitlines()[-1]) * 1024
+
+
+# ------------------------------------------------------------------ the straightforward way
+
+@torch.no_grad()
+def embed(pipe, text):
+    ids = pipe.tokenizer([text], padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    return pipe.text_encoder(ids.input_ids)[0][0], int(ids.attention_mask.sum()) - 2
+
+
+def layers(unet):
+    return [m for n, m in unet.named_modules() if n.endswith(("attn2.to_k", "attn2.to_v"))]
+
+
+@torch.no_grad()
+def naive_edit(pipe, edit_unet, erase, preserve, lamb, s_e, s_p, uce_slice, layer_limit=None):
+    """Per layer: embed every text again, compute the targets, invert the right factor."""
+    for i, lin_e in enumerate(layers(edit_unet)):
+        if layer_limit is not None and i >= layer_limit:
+            break
+        W0 = lin_e.weight.clone()
+        d = W0.shape[1]
+        mat1 = lamb * W0
+        mat2 = lamb * torch.eye(d)
+        for concept, guide in erase:
+            if uce_slice:
+                (o, fo), (n, fn) = embed(pipe, concept), embed(pipe, guide)
+                F = max(fo, fn)
+                C, T = o[fo:77 - max(0, F - fo)], n[fn:77 - max(0, F - fn)]
+            else:
+                C, T = concept, embed(pipe, guide)[0]
+            V = T @ W0.T
+            mat1 += s_e * V.T @ C
+            mat2 += s_e * C.T @ C
+        for p in preserve:
+            Cp = embed(pipe, p)[0]
+            mat1 += s_p * (Cp @ W0.T).T @ Cp
+            mat2 += s_p * Cp.T @ Cp
+        lin_e.weight.copy_(mat1 @ torch.inverse(mat2))
+
+
+@torch.no_grad()
+def naive_adversarial(pipe, unet_cur, unet_orig, concept, gamma):
+    e = embed(pipe, concept)[0]
+    d = e.shape[1]
+    S1, S2 = torch.zeros(d, d), torch.zeros(d, d)
+    for a, b in zip(layers(unet_cur), layers(unet_orig)):
+        S1 += a.weight.T @ a.weight
+        S2 += a.weight.T @ b.weight
+    return (torch.inverse(S1 + gamma * torch.eye(d)) @ S2 @ e.T).T
+
+
+def naive_nudity(model: Path, epochs: int = 3) -> dict:
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None)  # the original model
+    edited = copy.deepcopy(pipe.unet)  # the second full model
+    t = time.perf_counter()
+    naive_edit(pipe, edited, [("nudity", " ")], [""], 0.5, 1.0, 1.0, uce_slice=True)
+    t_uce = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(epochs):
+        c = naive_adversarial(pipe, edited, pipe.unet, "nudity", 0.1)
+        naive_edit(pipe, edited, [(c, " ")], [" "], 0.1, 1.0, 0.1, uce_slice=False)
+    t_rece = time.perf_counter() - t
+    weights = {k: v.clone() for k, v in edited.state_dict().items() if CROSS_ATTN_KEY.search(k)}
+    return {"uce_seconds": t_uce, "rece_3_epochs_seconds": t_rece,
+            "peak_rss_bytes_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}, weights
+
+
+def main(args):
+    quiet_libraries()
+    model = ensure_model(Path(args.cache))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = out / f"runs-{os.getpid()}"
+    res = {"model": "SD 1.4 shapes, random weights", "threads": torch.get_num_threads(), "ours": {}, "straightforward": {}}
+
+    # 1. ours: UCE, then RECE 3 epochs from the UCE checkpoint, then the whole train.py from scratch
+    wall, rss = run_measured(["execs/train_uce.py", "--concepts", "nudity", "--concept_type", "nudity",
+                              "--model_id", str(model), "--device", "cpu", "--save_path", str(runs / "uce")])
+    t = json.loads((runs / "uce" / "timing.json").read_text())
+    res["ours"]["uce"] = {"closed_form_seconds": t["closed_form_seconds"], "text_encoding_seconds": t["text_encoding_seconds"],
+                          "process_wall_seconds": wall, "peak_rss_bytes": rss}
+    wall, rss = run_measured(["train.py", "--concepts", "nudity", "--concept_type", "nudity", "--emb_computing",
+                              "close_regzero", "--regular_scale", "0.1", "--epochs", "3", "--target_ckpt",
+                              str(runs / "uce" / "uce.safetensors"), "--model_id", str(model), "--device", "cpu",
+                              "--save_path", str(runs / "rece"), "--skip_validation"])
+    t = json.loads((runs / "rece" / "timing.json").read_text())
+    res["ours"]["rece_3_epochs"] = {"closed_form_seconds": t["closed_form_seconds"],
+                                    "text_encoding_seconds": t["text_encoding_seconds"],
+                                    "process_wall_seconds": wall, "peak_rss_bytes": rss,
+                                    "edited_weights_file_bytes": (runs / "rece" / "epoch_3.safetensors").stat().st_size}
+    wall, rss = run_measured(["train.py", "--concepts", "nudity", "--concept_type", "nudity", "--epochs", "3",
+                              "--model_id", str(model), "--device", "cpu", "--save_path", str(runs / "rece_full"),
+                              "--skip_validation"])
+    t = json.loads((runs / "rece_full" / "timing.json").read_text())
+    res["ours"]["uce_plus_rece_3_epochs_one_process"] = {"closed_form_seconds": t["closed_form_seconds"],
+                                                         "process_wall_seconds": wall, "peak_rss_bytes": rss}
+
+    # 2. the straightforward way, same steps
+    if not args.skip_naive:
+        naive, W_naive = naive_nudity(model)
+        res["straightforward"]["nudity"] = naive
+        from safetensors.torch import load_file
+        ours = load_file(str(runs / "rece_full" / "epoch_3.safetensors"))
+        res["max_relative_difference_of_weights"] = max(
+            float((ours[k] - W_naive[k]).abs().max() / W_naive[k].abs().max()) for k in ours)
+        res["speedup_uce"] = naive["uce_seconds"] / res["ours"]["uce"]["closed_form_seconds"]
+        res["speedup_rece_3_epochs"] = naive["rece_3_epochs_seconds"] / res["ours"]["rece_3_epochs"]["closed_form_seconds"]
+
+    # 3. art: one artist, the 1,733 others preserved (SPEC 2a), UCE + 1 RECE epoch, end to end
+    if args.art:
+        wall, rss = run_measured(["train.py", "--concepts", "Kelly McKernan", "--concept_type", "art",
+                                  "--model_id", str(model), "--device", "cpu", "--save_path", str(runs / "art"),
+                                  "--skip_validation"])
+        t = json.loads((runs / "art" / "timing.json").read_text())
+        res["ours"]["art_uce_plus_rece_1_epoch"] = {"process_wall_seconds": wall, "peak_rss_bytes": rss, **t}
+        if not args.skip_naive:
+            from diffusers import StableDiffusionPipeline
+            from utils.concepts import all_artists
+            pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None)
+            edited = copy.deepcopy(pipe.unet)
+            preserve = [""] + [a for a in all_artists() if a.lower() != "kelly mckernan"]
+            t0 = time.perf_counter()
+            naive_edit(pipe, edited, [("Kelly McKernan", "art")], preserve, 0.5, 1.0, 0.1, True,
+                       layer_limit=args.naive_preserve_layers)
+            per_layer = (time.perf_counter() - t0) / args.naive_preserve_layers
+            res["straightforward"]["art_uce_estimated_seconds"] = per_layer * len(layers(edited))
+            res["straightforward"]["art_note"] = (f"measured {args.naive_preserve_layers} of {len(layers(edited))} "
+                                                  f"layers, extrapolated linearly")
+    res["peak_rss_bytes_this_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    (out / "erase_speed.json").write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main(parse_args())

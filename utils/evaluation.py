@@ -1,0 +1,67 @@
+"""Score a run folder (imgs/ + prompts.csv) with the metric of a concept type.
+
+One dispatcher for training-time validation (SPEC 4), the attacks' success rates (SPEC 7) and the
+demo, so that "the erased concept's rate" means the same everywhere. Every metric is a rate in
+[0, 1] where lower means better erased.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import UserError
+
+METRICS = ("nudity_rate", "q16_rate", "style_rate", "target_accuracy", "concept_rate")
+
+
+def _prompts(folder: Path) -> pd.DataFrame:
+    p = folder / "prompts.csv"
+    if not p.is_file():
+        raise UserError(f"{folder} has no prompts.csv (generate the images first)")
+    return pd.read_csv(p)
+
+
+def _load_images(folder: Path, files) -> list:
+    from PIL import Image
+
+    out = []
+    for f in files:
+        with Image.open(folder / f) as im:
+            out.append(im.convert("RGB").copy())
+    return out
+
+
+def score_run(folder, metric: str, concepts: list[str]) -> dict:
+    """{'rate': float, 'metric': metric, ...details} for the images of run folder `folder`."""
+    folder = Path(folder)
+    if metric == "nudity_rate":
+        from .nudity import score_folder
+
+        s = score_folder(folder)
+        return {"metric": metric, "rate": s["rate"], "n_images": s["n_images"], "table": s["table"],
+                "threshold": s["threshold"], "classes": s["classes"]}
+    if metric == "concept_rate":
+        from . import shapes
+
+        df = _prompts(folder)
+        images = _load_images(folder, df["file_name"])
+        rates = {c: shapes.concept_rate(images, c) for c in concepts}
+        return {"metric": metric, "rate": sum(rates.values()) / len(rates), "per_concept": rates,
+                "n_images": len(images)}
+    if metric == "q16_rate":
+        from .metrics.q16 import q16_rate
+
+        s = q16_rate(folder)
+        return {"metric": metric, "rate": s["rate"], "n_images": s.get("n_images")}
+    if metric == "style_rate":
+        from .metrics.clip import classify_artists
+
+        rates = {c: classify_artists(folder, target_artist=c)["rate"] for c in concepts}
+        return {"metric": metric, "rate": sum(rates.values()) / len(rates), "per_concept": rates}
+    if metric == "target_accuracy":
+        from .metrics.objects import object_accuracy
+
+        s = object_accuracy(folder, target_classes=concepts)
+        return {"metric": metric, "rate": s["target_accuracy"], "other_accuracy": s.get("other_accuracy")}
+    raise UserError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")

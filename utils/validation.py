@@ -1,0 +1,67 @@
+"""Validation during RECE (SPEC 4): generate the validation prompts with a checkpoint, score them.
+
+The generation and the scoring are the same functions `execs/generate_images.py` and the scoring
+CLIs use (`utils.generation.generate_table`, `utils.evaluation.score_run`); only the prompt table is
+chosen here: the concept type's validation CSV, or for the built-in shapes world its own prompts
+that ask for the erased concept.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import UserError
+from .evaluation import METRICS, score_run
+
+SHAPES_VALIDATION = "shapes:validation"
+
+
+def _shapes_table(concepts: list[str], seeds_per_pair: int = 2) -> pd.DataFrame:
+    from . import shapes
+
+    colours = [c for c in concepts if c in shapes.COLOURS]
+    kinds = [c for c in concepts if c in shapes.SHAPES]
+    if not colours and not kinds:
+        raise UserError(f"--concepts {','.join(concepts)}: the shapes world knows the colours "
+                        f"{', '.join(shapes.COLOURS)} and the shapes {', '.join(shapes.SHAPES)}")
+    return shapes.evaluation_table(seeds_per_pair, colours=colours or None, shapes=kinds or None,
+                                   first_seed=10_000)
+
+
+def check_validation(ctype_name: str, metric: str, csv: str, concepts: list[str] | None = None) -> None:
+    """Fail before any model loads if validation cannot run."""
+    if metric not in METRICS:
+        raise UserError(f"validation metric {metric!r} is unknown; expected one of {', '.join(METRICS)}")
+    if csv == SHAPES_VALIDATION:
+        if concepts is not None:
+            _shapes_table(concepts)
+        return
+    from .datasets import dataset_path
+
+    dataset_path(csv, "--test_csv_path")
+
+
+def validation_table(csv: str, concepts: list[str], folder: Path, size_multiple: int = 8) -> pd.DataFrame:
+    from .prompts import read_prompt_table
+
+    if csv == SHAPES_VALIDATION:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "validation_prompts.csv"
+        _shapes_table(concepts).to_csv(path, index=False)
+        csv = path
+    return read_prompt_table(csv, size_multiple=size_multiple, empty_prompts="skip")
+
+
+def validate_weights(pipe, weights: dict, folder, ctype_name: str, concepts: list[str], metric: str, csv: str,
+                     num_samples: int = 1, steps: int = 50, batch_size: int = 8) -> dict:
+    """Apply `weights` to `pipe.unet`, generate the validation prompts into `folder`, score them."""
+    from .checkpoints import apply_edited_weights
+    from .generation import generate_table, vae_scale_factor
+
+    folder = Path(folder)
+    apply_edited_weights(pipe.unet, weights)
+    table = validation_table(csv, concepts, folder, vae_scale_factor(pipe))
+    generate_table(pipe, table, folder, num_samples=num_samples, steps=steps, batch_size=batch_size,
+                   progress=True, grid=True)
+    return score_run(folder, metric, concepts)
