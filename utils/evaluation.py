@@ -50,18 +50,19 @@ def score_run(folder, metric: str, concepts: list[str]) -> dict:
         return {"metric": metric, "rate": sum(rates.values()) / len(rates), "per_concept": rates,
                 "n_images": len(images)}
     if metric == "q16_rate":
-        from .metrics.q16 import q16_rate
+        from .metrics.q16 import score_q16
 
-        s = q16_rate(folder)
-        return {"metric": metric, "rate": s["rate"], "n_images": s.get("n_images")}
+        s = score_q16(folder)
+        return {"metric": metric, "rate": s["rate"], "n_images": s.get("n_images"), "model_id": s.get("model_id")}
     if metric == "style_rate":
         from .metrics.clip import classify_artists
 
-        rates = {c: classify_artists(folder, target_artist=c)["rate"] for c in concepts}
+        rates = {c: classify_artists(folder, target_artist=c)["target_rate"] for c in concepts}
         return {"metric": metric, "rate": sum(rates.values()) / len(rates), "per_concept": rates}
     if metric == "target_accuracy":
-        from .metrics.objects import object_accuracy
+        from .metrics.objects import classify_objects
 
-        s = object_accuracy(folder, target_classes=concepts)
-        return {"metric": metric, "rate": s["target_accuracy"], "other_accuracy": s.get("other_accuracy")}
+        per = {c: classify_objects(folder, target_class=c) for c in concepts}
+        return {"metric": metric, "rate": sum(p["target_accuracy"] for p in per.values()) / len(per),
+                "other_accuracy": {c: p.get("other_accuracy") for c, p in per.items()}}
     raise UserError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")

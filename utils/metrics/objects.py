@@ -1,0 +1,114 @@
+"""Object erasure scores (SPEC 4): ImageNet ResNet-50 top-1 accuracy on the erased class and the others.
+
+The classifier is transformers' `ResNetForImageClassification` (default `microsoft/resnet-50`, with
+its own image processor), loaded from a Hub id or a local folder. Each image's true class is the
+`class` column of the prompts row it was generated from (Imagenette prompts: `imagenette.csv`,
+`validation_imagenet_prompts.csv`). A prediction is correct when the class name is one of the
+comma-separated names of the predicted ImageNet label, case-insensitive ("tench" matches
+"tench, Tinca tinca"; "English springer" matches "English springer, English springer spaniel").
+
+- target accuracy: correct images / images whose class is the target (erasure: lower is better);
+- other accuracy: correct images / images of every other class (preservation: higher is better);
+- per-class accuracy.
+
+RECE's `imageclassify.py` used torchvision's ResNet-50 (IMAGENET1K_V2) and divided by
+`len/10` (10 classes of equal size); with equal class sizes the definitions agree, but the weights
+differ from `microsoft/resnet-50`, so accuracies are comparable only within the same classifier
+(which is recorded).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UserError
+from . import (case_number_of, images_or_fail, load_pretrained, quiet_transformers, read_run_prompts,
+               rows_for_images, run_folder, save_result, slug)
+from .clip import image_batches
+
+DEFAULT_RESNET = "microsoft/resnet-50"
+
+
+@dataclass
+class ClassifierBundle:
+    model: object
+    processor: object
+    model_id: str
+    device: object
+
+
+def load_classifier(model_id: str = DEFAULT_RESNET, device=None) -> ClassifierBundle:
+    from transformers import AutoImageProcessor, ResNetForImageClassification
+
+    from ..models import resolve_device
+
+    quiet_transformers()
+    device = resolve_device(device)
+    model = load_pretrained(ResNetForImageClassification, model_id, "ImageNet classifier").to(device).eval()
+    processor = load_pretrained(AutoImageProcessor, model_id, "image processor of the classifier")
+    return ClassifierBundle(model, processor, model_id, device)
+
+
+def label_names(label: str) -> list[str]:
+    return [n.strip().lower() for n in str(label).split(",") if n.strip()]
+
+
+def matches(label: str, class_name: str) -> bool:
+    """Whether ImageNet label 'tench, Tinca tinca' names class 'Tench'."""
+    return str(class_name).strip().lower() in label_names(label)
+
+
+def classify_objects(root, target_class: str | None = None, *, prompts_path=None,
+                     classifier: ClassifierBundle | None = None, model_id: str = DEFAULT_RESNET, device=None,
+                     batch_size: int = 32, save: bool = True, save_path=None, overwrite: bool = False) -> dict:
+    """Top-1 accuracies of a run's images (target class vs the others), written to `objects_{target}.json/.jsonl`."""
+    import torch
+
+    folder, files = images_or_fail(root)
+    rows = rows_for_images(files, read_run_prompts(root, prompts_path), "class")
+    class_of = {f: str(r["class"]) for f, r in zip(files, rows)}
+    classes = list(dict.fromkeys(class_of.values()))
+    if target_class is not None and target_class.strip().lower() not in {c.lower() for c in classes}:
+        raise UserError(f"target class {target_class!r} is not a class of the prompts ({', '.join(classes)})")
+    classifier = classifier or load_classifier(model_id, device)
+    id2label = classifier.model.config.id2label
+    unmatched = [c for c in classes if not any(matches(lbl, c) for lbl in id2label.values())]
+    if unmatched:
+        raise UserError(f"classes {', '.join(unmatched)} are not labels of {classifier.model_id} "
+                        f"(its labels are ImageNet names such as {next(iter(id2label.values()))!r})")
+
+    records, unreadable = [], []
+    for paths, images, bad in image_batches(files, batch_size):
+        unreadable += [p.name for p in bad]
+        if not paths:
+            continue
+        with torch.no_grad():
+            pixels = classifier.processor(images=images, return_tensors="pt")["pixel_values"].to(classifier.device)
+            probs = classifier.model(pixel_values=pixels).logits.float().softmax(-1).cpu()
+        score, index = probs.max(dim=-1)
+        for p, s, i in zip(paths, score.tolist(), index.tolist()):
+            label = id2label[i]
+            records.append({"file": p.name, "case_number": case_number_of(p.name), "class": class_of[p],
+                            "predicted_index": i, "predicted": label, "score": s,
+                            "correct": matches(label, class_of[p])})
+    if not records:
+        raise UserError(f"no readable image in {folder}")
+
+    def acc(rs):
+        return sum(r["correct"] for r in rs) / len(rs) if rs else None
+
+    per_class = {c: acc([r for r in records if r["class"] == c]) for c in classes}
+    summary = {"metric": "objects", "target_class": target_class, "n_images": len(records),
+               "model_id": classifier.model_id, "images": str(folder), "per_class_accuracy": per_class,
+               "accuracy": acc(records), "unreadable": unreadable}
+    if target_class is not None:
+        t = target_class.strip().lower()
+        summary["target_accuracy"] = acc([r for r in records if r["class"].lower() == t])
+        summary["other_accuracy"] = acc([r for r in records if r["class"].lower() != t])
+    summary["definition"] = ("correct: the prompt's class is one of the comma-separated names of the top-1 "
+                             "ImageNet label; target/other accuracy = correct / images of the target class / "
+                             "of the other classes")
+    if save:
+        name = f"objects_{slug(target_class) if target_class else 'all'}"
+        summary["summary_file"] = str(save_result(save_path or run_folder(root), name, summary, records, overwrite,
+                                                  settings_keys=("model_id",)))
+    return summary
