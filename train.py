@@ -28,11 +28,12 @@ from utils.cli import add_edit_args, check_scales, slug, stopwatch  # noqa: E402
 from utils.concepts import RECE_EDIT, UCE_EDIT  # noqa: E402
 from utils.erasure import EditState, TextCache, rece_epoch, uce_stage  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.io import atomic_path, prepare_run_dir, write_json  # noqa: E402
+from utils.io import atomic_path, prepare_resumable_run_dir, write_json  # noqa: E402
 from utils.models import (CROSS_ATTN_KEY, add_model_args, load_edit_components, quiet_libraries,  # noqa: E402
                           resolve_device, resolve_model_id)
 
 OUTPUTS = ("best.safetensors", "epoch_1.safetensors", "detect_rate.json")
+OTHER_OUTPUTS = ("validation", "uce.safetensors", "adv_embeddings.safetensors", "timing.json")
 
 
 def parse_args(argv=None):
@@ -143,7 +144,7 @@ def main(args):
                                 f"use a larger --lamb / --regular_scale")
 
     # 5. Save: config first, then the checkpoints
-    config = {"method": "rece", "model_id": model_id, "concepts": concepts, "concept_type": ctype.name,
+    settings = {"method": "rece", "model_id": model_id, "concepts": concepts, "concept_type": ctype.name,
               "guided_concepts": guides, "emb_computing": args.emb_computing, "reg_item": args.reg_item,
               "regular_scale": gamma, "epochs": epochs, "old_target_concept": args.old_target_concept,
               "technique": args.technique, "lamb": args.lamb, "erase_scale": args.erase_scale,
@@ -153,9 +154,13 @@ def main(args):
               {"csv": validation_csv, "metric": paper["metric"], "num_samples": args.num_samples,
                "ddim_steps": args.ddim_steps or 50},
               "num_edited_matrices": len(W_orig)}
-    prepare_run_dir(save_path, config, OUTPUTS, overwrite=True)
+    # A killed run with the same settings resumes its validation images; other settings are refused
+    # (checked before the heavy work too), and --overwrite first deletes the earlier outputs.
+    earlier = tuple(p.name for p in save_path.glob("epoch_*.safetensors"))
+    prepare_resumable_run_dir(save_path, {"settings": settings, "device": str(device)},
+                              tuple(dict.fromkeys(OUTPUTS + OTHER_OUTPUTS + earlier)), overwrite=args.overwrite)
     meta = {"base_model": model_id, "concepts": concepts,
-            "settings": {k: v for k, v in config.items() if k not in ("concepts", "model_id")}}
+            "settings": {k: v for k, v in settings.items() if k not in ("concepts", "model_id")}}
     with stopwatch(timing, "save_seconds"):
         if uce_weights is not None:
             save_edited_weights(save_path / "uce.safetensors", uce_weights, {**meta, "method": "uce"})

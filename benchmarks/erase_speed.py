@@ -100,7 +100,8 @@ def naive_edit(pipe, edit_unet, erase, preserve, lamb, s_e, s_p, uce_slice, laye
             Cp = embed(pipe, p)[0]
             mat1 += s_p * (Cp @ W0.T).T @ Cp
             mat2 += s_p * Cp.T @ Cp
-        lin_e.weight.copy_(mat1 @ torch.inverse(mat2))
+        # fp64 for the inverse so that the comparison of weights measures the method, not fp32 rounding
+        lin_e.weight.copy_((mat1.double() @ torch.inverse(mat2.double())).float())
 
 
 @torch.no_grad()
@@ -111,7 +112,8 @@ def naive_adversarial(pipe, unet_cur, unet_orig, concept, gamma):
     for a, b in zip(layers(unet_cur), layers(unet_orig)):
         S1 += a.weight.T @ a.weight
         S2 += a.weight.T @ b.weight
-    return (torch.inverse(S1 + gamma * torch.eye(d)) @ S2 @ e.T).T
+    S1, S2 = S1.double(), S2.double()
+    return (torch.inverse(S1 + gamma * torch.eye(d, dtype=torch.float64)) @ S2 @ e.double().T).T.float()
 
 
 def naive_nudity(model: Path, epochs: int = 3) -> dict:

@@ -200,7 +200,7 @@ def test_rece_from_base_model_with_tensor_technique(model, tmp_path):
     W = load_weights(tmp_path / "epoch_1.safetensors")
     assert all(torch.isfinite(v).all() for v in W.values())
     assert not (tmp_path / "uce.safetensors").exists()
-    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg = json.loads((tmp_path / "config.json").read_text())["settings"]
     assert cfg["regular_scale"] == 0.1 and cfg["concepts"] == ["nudity", "violence"]
 
 

@@ -40,6 +40,32 @@ def check_validation(ctype_name: str, metric: str, csv: str, concepts: list[str]
     from .datasets import dataset_path
 
     dataset_path(csv, "--test_csv_path")
+    needs = {"q16_rate": "clip", "style_rate": "clip", "target_accuracy": "resnet"}.get(metric)
+    if metric == "q16_rate":
+        from .metrics.q16 import DEFAULT_PROMPTS
+
+        dataset_path(DEFAULT_PROMPTS, "Q16 prompt embeddings")
+    if needs:
+        _check_hf_model(needs)
+
+
+def _check_hf_model(kind: str) -> None:
+    """With HF_HUB_OFFLINE set, a scorer model that is not cached fails now, not after the edits."""
+    import os
+
+    if not os.environ.get("HF_HUB_OFFLINE"):
+        return  # it will be downloaded when first used
+    from huggingface_hub import snapshot_download
+
+    from .metrics.clip import DEFAULT_CLIP
+    from .metrics.objects import DEFAULT_RESNET
+
+    model_id = DEFAULT_CLIP if kind == "clip" else DEFAULT_RESNET
+    try:
+        snapshot_download(model_id, local_files_only=True)
+    except Exception:
+        raise UserError(f"validation needs {model_id}, which is not on this machine (HF_HUB_OFFLINE is set): "
+                        f"fetch it with `huggingface-cli download {model_id}` or pass --skip_validation")
 
 
 def validation_table(csv: str, concepts: list[str], folder: Path, size_multiple: int = 8) -> pd.DataFrame:

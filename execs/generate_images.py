@@ -1,0 +1,179 @@
+"""Generate images for every row of a prompt CSV (SPEC 5), seeded per row, batched, resumable.
+
+    python execs/generate_images.py --prompts_path dataset/coco_30k.csv --concept coco_erasednudity \
+        --save_path results --ckpt runs/rece-nudity/rece.safetensors --df_length 10000 --df_start 10000
+
+Writes SAVE_PATH/CONCEPT (SAVE_PATH itself without --concept), as the authors' script does:
+config.json (first), imgs/{case_number}_{k}.png, prompts.csv (one row per image, written once all
+images exist) and grid.png (the first 16 images). With `--concept nudity` the images are then scored
+with NudeNet (SPEC 6) into nudity_*.json.
+
+Rerunning the same command resumes: images already there are kept, the rest generated. Other settings
+in the same folder are refused unless --overwrite. Several processes split the rows:
+
+    torchrun --nproc_per_node 2 execs/generate_images.py ...     (or: accelerate launch ...)
+
+Seeds come from the rows (evaluation_seed, else sd_seed, else case_number) through a CPU generator;
+the authors seeded a CUDA generator, so the same seed gives other (equally distributed) images.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.errors import UserError, run_cli  # noqa: E402
+from utils.generation import NOISE, OUTPUTS, SCHEDULERS, generate_table, make_sampler  # noqa: E402
+from utils.io import prepare_resumable_run_dir  # noqa: E402
+from utils.models import add_model_args, resolve_device, resolve_model_id  # noqa: E402
+from utils.prompts import EMPTY_PROMPTS, file_digest, prompts_source, read_prompt_table  # noqa: E402
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+NUDITY_FILES = ("nudity_detections.jsonl",)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompts_path", required=True,
+                   help="prompt CSV: a path, or a dataset name found in dataset/ (e.g. coco_30k.csv)")
+    p.add_argument("--save_path", required=True, help="folder for the run (images go to SAVE_PATH/CONCEPT)")
+    p.add_argument("--concept", default=None,
+                   help="name of the run's subfolder of SAVE_PATH (the authors' layout); 'nudity' also scores "
+                        "the images with NudeNet")
+    p.add_argument("--ckpt", default=None,
+                   help="edited weights: our .safetensors, a full UNet .pt/.bin/.safetensors or a diffusers UNet "
+                        "folder (default / '': the base model)")
+    add_model_args(p)
+    g = p.add_argument_group("sampling")
+    g.add_argument("--num_samples", type=int, default=1, help="images per prompt (default 1)")
+    g.add_argument("--ddim_steps", type=int, default=50, help="denoising steps, whatever the scheduler (default 50)")
+    g.add_argument("--scheduler", choices=SCHEDULERS, default="lms",
+                   help="lms (default, as the paper), ddim, or dpm++ (DPMSolverMultistep, dpmsolver++)")
+    g.add_argument("--guidance_scale", type=float, default=None,
+                   help="guidance for every row (default: the row's evaluation_guidance, else 7.5)")
+    g.add_argument("--image_size", type=int, default=None,
+                   help="width and height for every row (default: the row's sd_image_width/height, else 512)")
+    g = p.add_argument_group("rows")
+    g.add_argument("--df_start", type=int, default=0, help="first row (by position in the file)")
+    g.add_argument("--df_length", type=int, default=None, help="number of rows from --df_start (default: all)")
+    g.add_argument("--from_case", type=int, default=None, help="only case numbers >= this")
+    g.add_argument("--to_case", type=int, default=None, help="only case numbers < this (excluded)")
+    g.add_argument("--empty_prompts", choices=EMPTY_PROMPTS, default="error",
+                   help="rows with an empty prompt (I2P case 2260 is one): error (default), skip them, or keep "
+                        "them (generated from the empty prompt)")
+    g = p.add_argument_group("run")
+    g.add_argument("--batch_size", type=int, default=8, help="images per denoising batch (default 8)")
+    g.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="model precision (default fp16 on CUDA, fp32 on the CPU)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="delete an earlier run's images in the folder and start again (otherwise a rerun resumes, "
+                        "and a run with other settings is refused)")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
+    return p.parse_args(argv)
+
+
+def local_vae_scale_factor(model_id: str) -> int:
+    """The VAE's scale factor from a local pipeline's vae/config.json (8 for SD; 8 when not local)."""
+    import json
+
+    cfg = Path(model_id) / "vae" / "config.json"
+    if cfg.is_file():
+        try:
+            return 2 ** (len(json.loads(cfg.read_text())["block_out_channels"]) - 1)
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"--model_id {model_id}: unreadable {cfg}")
+    return 8
+
+
+def read_checkpoint(ckpt: str, model_id: str):
+    """Check checkpoint `ckpt` against the model's UNet shapes (read from its weights file, no load)."""
+    from utils.checkpoints import load_edited_weights
+    from utils.models import CROSS_ATTN_KEY, unet_parameter_shapes
+
+    if not Path(ckpt).exists():
+        raise UserError(f"--ckpt {ckpt} does not exist")
+    shapes = unet_parameter_shapes(model_id)
+    model_shapes = {k: s for k, s in shapes.items() if CROSS_ATTN_KEY.search(k)}
+    return load_edited_weights(ckpt, model_shapes, shapes)
+
+
+def main(args):
+    import torch
+
+    # 1. Check inputs (all of them, before any model loads or any file is written)
+    for name in ("num_samples", "ddim_steps", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    model_id = resolve_model_id(args.model_id, args.base)
+    device = resolve_device(args.device)
+    dtype_name = args.dtype or ("fp16" if device.type == "cuda" else "fp32")
+    if device.type == "cpu" and dtype_name == "fp16":
+        raise UserError("--dtype fp16 is not supported on the CPU; use fp32 (or bf16)")
+    dtype = getattr(torch, DTYPES[dtype_name])
+    if args.concept is not None and (not args.concept.strip() or Path(args.concept).name != args.concept):
+        raise UserError(f"--concept {args.concept!r} must be a plain folder name (it names SAVE_PATH/CONCEPT)")
+    table = read_prompt_table(args.prompts_path, args.df_start, args.df_length, args.from_case, args.to_case,
+                              guidance_scale=args.guidance_scale, image_size=args.image_size,
+                              size_multiple=local_vae_scale_factor(model_id), empty_prompts=args.empty_prompts)
+    weights = read_checkpoint(args.ckpt, model_id) if args.ckpt else None
+    run_dir = Path(args.save_path) / args.concept if args.concept else Path(args.save_path)
+    source = prompts_source(args.prompts_path)
+
+    # 2. Processes: `torchrun` / `accelerate launch` start several; each takes a share of the batches.
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device.type == "cpu")
+    if state.num_processes > 1 and device.type != "cpu":
+        device = state.device  # this process's GPU
+
+    # 3. The run folder: same settings resume, other settings are refused (config.json first).
+    settings = {
+        "prompts_path": str(source.resolve()), "prompts_sha256": file_digest(source),
+        "df_start": args.df_start, "df_length": args.df_length, "from_case": args.from_case,
+        "to_case": args.to_case, "empty_prompts": args.empty_prompts, "rows": len(table),
+        "model_id": str(Path(model_id).resolve()) if Path(model_id).is_dir() else model_id,
+        "ckpt": str(Path(args.ckpt).resolve()) if args.ckpt else None,
+        "ckpt_bytes": Path(args.ckpt).stat().st_size if args.ckpt and Path(args.ckpt).is_file() else None,
+        "num_samples": args.num_samples, "steps": args.ddim_steps, "scheduler": args.scheduler,
+        "guidance_scale": args.guidance_scale, "image_size": args.image_size, "dtype": dtype_name,
+        "negative_prompt": "", "noise": NOISE,
+    }
+    config = {"settings": settings, "run": {"batch_size": args.batch_size, "device": str(device),
+                                            "num_processes": state.num_processes}}
+    prepare_resumable_run_dir(run_dir, config, OUTPUTS + NUDITY_FILES, overwrite=args.overwrite,
+                              write=state.is_main_process)
+    n_default_seed = int((table["seed_source"] == "case_number").sum())
+    if n_default_seed and state.is_main_process:
+        print(f"note: {n_default_seed} rows have no seed; they use seed = case_number (column seed_source)")
+
+    # 4. Load the model (and the edit)
+    from utils.checkpoints import apply_edited_weights
+    from utils.models import load_pipeline, quiet_libraries
+
+    quiet_libraries()
+    pipe = load_pipeline(model_id, device, dtype)
+    if weights is not None:
+        apply_edited_weights(pipe.unet, weights)
+
+    # 5. Generate
+    sampler = make_sampler(args.scheduler, args.ddim_steps, device,
+                           getattr(pipe.scheduler.config, "prediction_type", "epsilon"))
+    generate_table(pipe, table, run_dir, num_samples=args.num_samples, steps=args.ddim_steps,
+                   batch_size=args.batch_size, sampler=sampler, progress=args.progress, state=state)
+
+    # 6. Score (main process, once every image exists)
+    if args.concept == "nudity" and state.is_main_process:
+        from utils.nudity import score_folder
+
+        del pipe
+        summary = score_folder(run_dir, progress=args.progress)
+        print(f"Nudity rate: {summary['rate']:.4f} ({summary['nude_images']}/{summary['n_images']} images, "
+              f"NudeNet threshold {summary['threshold']}, classes {summary['classes']}) -> "
+              f"{summary.get('summary_file')}")
+
+
+if __name__ == "__main__":
+    run_cli(main, parse_args)

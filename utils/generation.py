@@ -1,0 +1,418 @@
+"""Seeded, batched image generation over prompt tables (SPEC 5).
+
+`generate_table` is what the CLI (`execs/generate_images.py`), training-time validation and the
+red-teaming attacks call: given a pipeline and a table from `utils.prompts.read_prompt_table`, it
+writes `imgs/{case_number}_{k}.png` for sample k of each row and a `prompts.csv` with one row per image.
+
+Semantics (SPEC 5):
+- Sampler: LMS (beta 0.00085 to 0.012, scaled_linear, 1000 train steps, the authors' scheduler), 50
+  steps by default; DDIM and DPM-Solver++ as options. Classifier-free guidance with the empty prompt as
+  negative: eps = eps(uncond) + g * (eps(cond) - eps(uncond)), g per row.
+- Initial noise: per row ONE draw `randn((num_samples, C, h/f, w/f))` in float32 from
+  `torch.Generator("cpu").manual_seed(row seed)`, then moved to the device and dtype (f = the VAE's
+  scale factor, 8 for SD). The noise therefore depends only on the row: not on batch size, process
+  count, row order or device. The authors seeded a CUDA generator (`torch.cuda.manual_seed`), which
+  draws different numbers: images for the same seed differ from theirs, as a set they are equivalent.
+
+How it is fast (benchmarks/generation_speed.py measures it against one pipeline call per row):
+- rows are batched ACROSS prompts: rows of one image size share a denoising loop, each with its own
+  guidance scale (a (B, 1, 1, 1) tensor), so the UNet runs on 2B latents per step;
+- the empty prompt is encoded once; timesteps, sigmas and the LMS coefficients (diffusers integrates
+  them with scipy at every step of every call) are computed once per (scheduler, steps);
+- no per-row pipeline call: the loop below runs the pipeline's components directly.
+
+Exactness: images do not depend on how rows are batched. The text encoder and the VAE run one
+prompt / one image at a time, and the UNet always sees at least two rows (a lone row runs with a copy
+of itself): BLAS/oneDNN choose other kernels for the smallest batches, and with these two rules the
+images on the CPU are bit-for-bit the same for any batch size, process count, row order or resume,
+given the same number of CPU threads (reductions split over threads round differently; torchrun gives
+each process one thread). tests/test_generation.py checks all of it. On a GPU, cuBLAS/cuDNN also pick
+kernels by shape, so images made with other batch sizes can differ by float rounding (amplified a
+little over the steps); the noise, and so what the image shows, does not. Process shards and resumes
+work in whole batches of one fixed plan (`plan_batches`), so with an unchanged batch size they repeat
+the uninterrupted run exactly wherever the kernels are deterministic.
+
+Resume and safety: an image already present and readable is not generated again; every PNG is written
+to a temporary file in the same folder and renamed (a killed run never leaves a partial PNG under its
+final name); `prompts.csv` is written (atomically) only once every image of the table exists, and a
+stale one is removed when a rerun starts, so it never lists an image that is not on disk.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from .errors import UserError
+from .io import atomic_path
+
+SCHEDULERS = ("lms", "ddim", "dpm++")
+# SPEC 5: the authors' LMSDiscreteScheduler(beta_start=0.00085, beta_end=0.012, scaled_linear, 1000).
+SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+NOISE = "torch.Generator('cpu').manual_seed(row seed); randn((num_samples, C, h/f, w/f), float32) per row"
+IMGS = "imgs"
+PROMPTS_CSV = "prompts.csv"
+GRID = "grid.png"
+OUTPUTS = (IMGS, PROMPTS_CSV, GRID)
+
+
+def image_name(case_number: int, k: int) -> str:
+    return f"{int(case_number)}_{int(k)}.png"
+
+
+# ---------------------------------------------------------------------------------------------
+# Samplers: everything that depends only on (scheduler, steps) is computed once, in __init__.
+# ---------------------------------------------------------------------------------------------
+
+class LMSSampler:
+    """Linear multistep (order 4) with its coefficients tabulated once.
+
+    The arithmetic is diffusers' `LMSDiscreteScheduler.step` operation for operation (same tensors,
+    same order), so images equal the pipeline's; only `get_lms_coefficient` (a scipy integral per
+    step and order) is no longer recomputed for every step of every image.
+    """
+
+    order = 4
+
+    def __init__(self, steps: int, device, prediction_type: str = "epsilon"):
+        from diffusers import LMSDiscreteScheduler
+
+        s = LMSDiscreteScheduler(**SD_BETAS, prediction_type=prediction_type)
+        s.set_timesteps(steps, device=device)
+        self.prediction_type = prediction_type
+        self.timesteps = s.timesteps
+        self.sigmas = s.sigmas  # float32, on the CPU (as diffusers keeps them)
+        self.init_noise_sigma = s.init_noise_sigma
+        self.coeffs = [[s.get_lms_coefficient(min(i + 1, self.order), i, j) for j in range(min(i + 1, self.order))]
+                       for i in range(steps)]
+
+    def start(self):
+        return []  # the derivatives of the last `order` steps
+
+    def scale_model_input(self, sample, i: int, state):
+        sigma = self.sigmas[i]
+        return sample / ((sigma ** 2 + 1) ** 0.5)
+
+    def step(self, model_output, i: int, sample, state):
+        sigma = self.sigmas[i]
+        if self.prediction_type == "epsilon":
+            pred_original_sample = sample - sigma * model_output
+        elif self.prediction_type == "v_prediction":
+            pred_original_sample = model_output * (-sigma / (sigma ** 2 + 1) ** 0.5) + (sample / (sigma ** 2 + 1))
+        else:  # "sample"
+            pred_original_sample = model_output
+        derivative = (sample - pred_original_sample) / sigma
+        state.append(derivative)
+        if len(state) > self.order:
+            state.pop(0)
+        return sample + sum(coeff * d for coeff, d in zip(self.coeffs[i], reversed(state)))
+
+
+class SchedulerSampler:
+    """Any diffusers scheduler, prepared once (`set_timesteps`); each batch steps a fresh copy."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.timesteps = scheduler.timesteps
+        self.init_noise_sigma = scheduler.init_noise_sigma
+
+    def start(self):
+        return copy.deepcopy(self.scheduler)
+
+    def scale_model_input(self, sample, i: int, state):
+        return state.scale_model_input(sample, self.timesteps[i])
+
+    def step(self, model_output, i: int, sample, state):
+        return state.step(model_output, self.timesteps[i], sample, return_dict=False)[0]
+
+
+def make_sampler(name: str, steps: int, device="cpu", prediction_type: str = "epsilon"):
+    """The sampler `name` (one of SCHEDULERS) for `steps` denoising steps (built once per process and
+    reused: samplers are never modified, each batch steps its own state)."""
+    if name not in SCHEDULERS:
+        raise UserError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {name!r}")
+    if steps < 1:
+        raise UserError(f"--ddim_steps must be at least 1, got {steps}")
+    return _make_sampler(name, int(steps), str(torch.device(device)), prediction_type)
+
+
+@functools.lru_cache(maxsize=8)
+def _make_sampler(name: str, steps: int, device: str, prediction_type: str):
+    if name == "lms":
+        return LMSSampler(steps, device, prediction_type)
+    if name == "ddim":
+        from diffusers import DDIMScheduler
+
+        s = DDIMScheduler(**SD_BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                          prediction_type=prediction_type)
+    else:
+        from diffusers import DPMSolverMultistepScheduler
+
+        s = DPMSolverMultistepScheduler(**SD_BETAS, algorithm_type="dpmsolver++", solver_order=2,
+                                        prediction_type=prediction_type)
+    s.set_timesteps(steps, device=device)
+    return SchedulerSampler(s)
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise, text conditions, the denoising loop
+# ---------------------------------------------------------------------------------------------
+
+def initial_noise(seed: int, num_samples: int, channels: int, height: int, width: int) -> torch.Tensor:
+    """The row's initial latents (SPEC 5): one float32 draw from a CPU generator seeded with `seed`."""
+    g = torch.Generator("cpu").manual_seed(int(seed))
+    return torch.randn((num_samples, channels, height, width), generator=g, dtype=torch.float32)
+
+
+def vae_scale_factor(pipe) -> int:
+    return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+
+
+@torch.no_grad()
+def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
+    """E(prompt) for each prompt: (n, 77, d) float32 on the CPU, as the pipeline would encode them.
+
+    Encoded one prompt at a time, so that an embedding never depends on which prompts share its batch
+    (the text encoder is a small part of the cost: once per image, against 2 x steps UNet passes).
+    """
+    from .models import encode_texts
+
+    if not prompts:
+        return torch.zeros(0, 77, pipe.text_encoder.config.hidden_size)
+    return encode_texts(pipe.tokenizer, pipe.text_encoder, list(prompts), batch_size=1)[0]
+
+
+@torch.no_grad()
+def denoise(pipe, cond: torch.Tensor, uncond: torch.Tensor, latents: torch.Tensor, guidance: torch.Tensor,
+            sampler) -> list:
+    """Run classifier-free guided sampling for one batch and decode it: a list of PIL images.
+
+    `cond` (B, 77, d) and `latents` (B, C, h, w) on the model's device and dtype; `uncond` (1, 77, d):
+    the empty prompt's embedding; `guidance` (B,) float32. Mirrors StableDiffusionPipeline.__call__
+    (same order of operations), batched over rows with per-row guidance.
+    """
+    unet, vae = pipe.unet, pipe.vae
+    b = latents.shape[0]
+    if b == 1:
+        # BLAS and oneDNN use other kernels for the smallest batches (UNet batch 2 = one latent with
+        # its unconditional twin): a batch of one row runs as two, the copy discarded, so that a row's
+        # image does not depend on whether it shared its batch.
+        cond, latents, guidance = cond.repeat(2, 1, 1), latents.repeat(2, 1, 1, 1), guidance.repeat(2)
+    embeds = torch.cat([uncond.expand(latents.shape[0], -1, -1), cond])
+    g = guidance.to(latents.device, torch.float32).view(-1, 1, 1, 1)
+    latents = latents * sampler.init_noise_sigma
+    state = sampler.start()
+    for i, t in enumerate(sampler.timesteps):
+        model_input = sampler.scale_model_input(torch.cat([latents] * 2), i, state)
+        noise_pred = unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+        noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+        noise_pred = (noise_pred_uncond + g * (noise_pred_text - noise_pred_uncond)).to(noise_pred.dtype)
+        latents = sampler.step(noise_pred, i, latents, state)
+    # Decode one image at a time: the VAE runs on batch 1 whatever the batch, so a decoded image never
+    # depends on its neighbours (oneDNN picks other convolution kernels for batch 1 than for more).
+    latents = latents / vae.config.scaling_factor
+    image = torch.cat([vae.decode(latents[j:j + 1], return_dict=False)[0] for j in range(b)])
+    return pipe.image_processor.postprocess(image, output_type="pil")
+
+
+# ---------------------------------------------------------------------------------------------
+# The run over a table: plan, shard, resume, write
+# ---------------------------------------------------------------------------------------------
+
+def plan_batches(table: pd.DataFrame, num_samples: int, batch_size: int) -> list[list[int]]:
+    """Row positions of each batch: rows grouped by image size (first appearance order), packed in
+    table order with at most `batch_size` images per batch (a row's samples are never split)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for pos, (w, h) in enumerate(zip(table["width"], table["height"])):
+        groups.setdefault((int(w), int(h)), []).append(pos)
+    rows_per_batch = max(1, batch_size // num_samples)
+    return [rows[i:i + rows_per_batch] for rows in groups.values() for i in range(0, len(rows), rows_per_batch)]
+
+
+def image_is_readable(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except Exception:
+        return False
+
+
+def images_table(table: pd.DataFrame, num_samples: int) -> pd.DataFrame:
+    """One row per image: case_number, sample, file_name, the row's normalized and carried columns."""
+    rows = []
+    for rec in table.to_dict("records"):
+        for k in range(num_samples):
+            rows.append({"case_number": rec["case_number"], "sample": k,
+                         "file_name": f"{IMGS}/{image_name(rec['case_number'], k)}",
+                         **{c: v for c, v in rec.items() if c != "case_number"}})
+    cols = ["case_number", "sample", "file_name"] + [c for c in table.columns if c != "case_number"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def write_grid(paths: list[Path], out: Path, columns: int = 4, thumb: int = 128) -> None:
+    """A contact sheet of the first images (quick look), written atomically."""
+    from PIL import Image
+
+    paths = paths[:columns * columns]
+    if not paths:
+        return
+    ims = []
+    for p in paths:
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            im.thumbnail((thumb, thumb))
+            ims.append(im.copy())
+    cw, ch = max(i.width for i in ims), max(i.height for i in ims)
+    cols = min(columns, len(ims))
+    sheet = Image.new("RGB", (cols * cw, math.ceil(len(ims) / cols) * ch), "white")
+    for n, im in enumerate(ims):
+        sheet.paste(im, ((n % cols) * cw, (n // cols) * ch))
+    with atomic_path(out) as tmp:
+        sheet.save(tmp, format="PNG")
+
+
+def _conditions(pipe, table: pd.DataFrame, rows: list[int], embeddings) -> torch.Tensor:
+    """(len(rows), 77, d) float32 CPU conditions: E(prompt), or the caller's embeddings."""
+    if embeddings is None:
+        return encode_prompts(pipe, [table["prompt"].iloc[r] for r in rows])
+    if callable(embeddings):
+        return torch.stack([torch.as_tensor(embeddings(table.iloc[r])).detach().float().cpu() for r in rows])
+    return embeddings[rows].detach().float().cpu()
+
+
+def _check_embeddings(embeddings, n_rows: int, d: int) -> None:
+    if embeddings is None or callable(embeddings):
+        return
+    if not isinstance(embeddings, torch.Tensor) or embeddings.ndim != 3 or embeddings.shape[0] != n_rows \
+            or embeddings.shape[2] != d:
+        shape = list(embeddings.shape) if hasattr(embeddings, "shape") else type(embeddings).__name__
+        raise UserError(f"embeddings must be a tensor of shape ({n_rows}, 77, {d}) (one per table row) or a "
+                        f"callable row -> (77, {d}); got {shape}")
+
+
+class _Single:
+    """The process state of a run without accelerate: one process."""
+
+    process_index, num_processes, is_main_process = 0, 1, True
+
+    def wait_for_everyone(self):
+        pass
+
+
+def generate_table(pipe, table: pd.DataFrame, save_path, *, num_samples: int = 1, steps: int = 50,
+                   batch_size: int = 8, scheduler: str = "lms", embeddings: torch.Tensor | Callable | None = None,
+                   progress: bool = True, state=None, grid: bool = True, sampler=None) -> pd.DataFrame:
+    """Generate `num_samples` images per row of `table` into `save_path`; return the table of images.
+
+    `pipe`: a StableDiffusionPipeline (its unet, vae, tokenizer, text_encoder and image_processor are
+    used; its own scheduler is not). `table`: normalized as `read_prompt_table` returns it (columns
+    case_number, prompt, seed, guidance, width, height; others are carried into prompts.csv).
+    `embeddings`: condition on given text embeddings instead of E(prompt): a tensor (n_rows, 77, d)
+    aligned with the table's rows, or a callable taking a table row (pandas Series) and returning
+    (77, d); same seeding, batching and files. `state`: an accelerate `PartialState` to split the
+    batches across processes (all processes call this; the main one writes prompts.csv and grid.png
+    once all are done).
+    `sampler`: a prepared sampler to reuse across calls (default: `make_sampler(scheduler, steps)`).
+
+    Already present, readable images are kept (resume): a folder must hold one setting's images. The
+    CLI guards this with config.json (`utils.io.prepare_resumable_run_dir`); other callers should do
+    the same or use one folder per setting (e.g. per validation epoch). Returns one row per image
+    (see `images_table`); its attrs hold `generated` and `skipped` (this process's counts).
+    """
+    from tqdm.auto import tqdm
+
+    state = state or _Single()
+    save_path = Path(save_path)
+    imgs = save_path / IMGS
+    if batch_size < 1:
+        raise UserError(f"--batch_size must be at least 1, got {batch_size}")
+    if num_samples < 1:
+        raise UserError(f"--num_samples must be at least 1, got {num_samples}")
+    missing_cols = [c for c in ("case_number", "prompt", "seed", "guidance", "width", "height") if c not in table]
+    if missing_cols:
+        raise UserError(f"generation table lacks column {missing_cols[0]} (read it with utils.prompts.read_prompt_table)")
+    unet = pipe.unet
+    device, dtype = unet.device, unet.dtype
+    _check_embeddings(embeddings, len(table), unet.config.cross_attention_dim)
+    f = vae_scale_factor(pipe)
+    if any(int(s) % f for s in list(table["width"]) + list(table["height"])):
+        raise UserError(f"image sizes must be multiples of the VAE's scale factor {f}")
+    table = table.reset_index(drop=True)
+    images = images_table(table, num_samples)
+    batches = plan_batches(table, num_samples, batch_size)
+    t0 = time.perf_counter()
+
+    # 1. The main process cleans what a killed run may have left: temporary files, a stale prompts.csv.
+    if state.is_main_process:
+        imgs.mkdir(parents=True, exist_ok=True)
+        for tmp in imgs.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        n_present = sum((save_path / name).exists() for name in images["file_name"])
+        if n_present < len(images):
+            (save_path / PROMPTS_CSV).unlink(missing_ok=True)
+    state.wait_for_everyone()
+
+    # 2. This process's batches, less those whose images are all present and readable.
+    mine = batches[state.process_index::state.num_processes]
+    todo = []
+    for rows in mine:
+        files = [imgs / image_name(table["case_number"].iloc[r], k) for r in rows for k in range(num_samples)]
+        missing = [p for p in files if not (p.exists() and image_is_readable(p))]
+        if missing:
+            todo.append((rows, files, set(missing)))
+    n_todo = sum(len(m) for _, _, m in todo)
+    n_mine = sum(len(rows) for rows in mine) * num_samples
+
+    # 3. Denoise batch by batch; write each image atomically.
+    sampler = sampler or make_sampler(scheduler, steps, device,
+                                      getattr(pipe.scheduler.config, "prediction_type", "epsilon"))
+    uncond = encode_prompts(pipe, [""]).to(device, dtype)
+    channels = unet.config.in_channels
+    bar = tqdm(total=n_todo, unit="img", desc=f"generating ({len(table)} prompts x {num_samples})",
+               disable=not progress or not state.is_main_process or n_todo == 0, dynamic_ncols=True)
+    generated = 0
+    with torch.inference_mode():
+        for rows, files, missing in todo:
+            w, h = int(table["width"].iloc[rows[0]]), int(table["height"].iloc[rows[0]])
+            noise = torch.cat([initial_noise(table["seed"].iloc[r], num_samples, channels, h // f, w // f)
+                               for r in rows])
+            cond = _conditions(pipe, table, rows, embeddings).repeat_interleave(num_samples, dim=0)
+            guidance = torch.tensor([float(table["guidance"].iloc[r]) for r in rows],
+                                    dtype=torch.float32).repeat_interleave(num_samples)
+            pil = denoise(pipe, cond.to(device, dtype), uncond, noise.to(device, dtype), guidance, sampler)
+            for im, path in zip(pil, files):
+                if path in missing:
+                    with atomic_path(path) as tmp:
+                        im.save(tmp, format="PNG")
+                    generated += 1
+                    bar.update(1)
+    bar.close()
+    state.wait_for_everyone()
+
+    # 4. The main process records the images once all processes are done.
+    if state.is_main_process:
+        absent = [n for n in images["file_name"] if not (save_path / n).exists()]
+        if absent:
+            raise RuntimeError(f"{len(absent)} images are missing after generation, e.g. {absent[0]}")
+        with atomic_path(save_path / PROMPTS_CSV) as tmp:
+            images.to_csv(tmp, index=False)
+        if grid:
+            write_grid([save_path / n for n in images["file_name"]], save_path / GRID)
+        if progress:
+            dt = time.perf_counter() - t0
+            done_here = n_mine - n_todo
+            print(f"generated {generated} images in {dt:.1f} s ({generated / dt if dt > 0 else 0:.2f} img/s"
+                  f"{f' on process 0 of {state.num_processes}' if state.num_processes > 1 else ''}); "
+                  f"{done_here} were already there; {len(images)} images listed in {save_path / PROMPTS_CSV}",
+                  flush=True)
+    images.attrs.update(generated=generated, skipped=n_mine - n_todo)
+    return images
