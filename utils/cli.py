@@ -28,7 +28,7 @@ def add_edit_args(parser, *, lamb: float | None, preserve_scale: float | None) -
                         help="lambda_2, the weight of the preserve texts" +
                              (" (default max(0.1, 1/#preserve texts))" if preserve_scale is None
                               else f" (default {preserve_scale})"))
-    parser.add_argument("--text_batch_size", type=int, default=32, help="texts per text-encoder batch")
+    parser.add_argument("--text_batch_size", type=int, default=64, help="texts per text-encoder batch")
 
 
 def check_scales(args, names=("lamb", "erase_scale", "preserve_scale", "regular_scale")) -> None:

@@ -66,17 +66,24 @@ def uce_erase_pairs(texts: TextCache, concepts: list[str], guides: list[str]) ->
     return [cf.uce_token_slice(o, fo, n, fn) for o, fo, n, fn in zip(E_c, f_c, E_g, f_g)]
 
 
-def _gram_fp64(A: torch.Tensor, B: torch.Tensor | None = None, chunk: int = 8192) -> torch.Tensor:
-    """A^T B (A^T A when B is None) accumulated in float64, a chunk of rows at a time.
+def _grams_fp64(A: torch.Tensor, B: torch.Tensor | None = None, chunk: int = 4096):
+    """(A^T A, A^T B) accumulated in float64, one pass over the rows in chunks (B None: A^T A only).
 
     fp32 is not enough here: after an erasure S1 can have eigenvalues 1e-4 of its largest, where
     fp32 rounding of the Gram (1e-6 relative) moves close_surrogatereg's solution by percents.
     """
-    G = torch.zeros(A.shape[1], (B if B is not None else A).shape[1], dtype=torch.float64)
+    d = A.shape[1]
+    G_aa = torch.zeros(d, d, dtype=torch.float64)
+    G_ab = None if B is None else torch.zeros(d, B.shape[1], dtype=torch.float64)
     for i in range(0, A.shape[0], chunk):
         a = A[i:i + chunk].double()
-        G += a.T @ (a if B is None else B[i:i + chunk].double())
-    return G
+        if B is None:
+            G_aa += a.T @ a
+        else:  # one product for both: a^T [a, b]
+            both = a.T @ torch.cat([a, B[i:i + chunk].double()], dim=1)
+            G_aa += both[:, :d]
+            G_ab += both[:, d:]
+    return G_aa, G_ab
 
 
 class EditState:
@@ -98,7 +105,7 @@ class EditState:
     def _gram_pass(self):
         if self._grams is None:
             same = self.W_a is self.W_orig
-            G_aa, G_ao = _gram_fp64(self.W_a), None if same else _gram_fp64(self.W_a, self.W_orig)
+            G_aa, G_ao = _grams_fp64(self.W_a, None if same else self.W_orig)
             self._grams = (G_aa, G_aa if same else G_ao)
         return self._grams
 
