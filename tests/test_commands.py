@@ -20,6 +20,8 @@ def commands():
         if src.suffix == ".md":
             text = "\n".join(re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.S))
         text = text.replace("\\\n", " ")
+        # shell variables take the defaults the script gives them (VAR=${VAR:-default}), else a placeholder
+        defaults = dict(re.findall(r"^(\w+)=\$\{\w+:-([^}]*)\}", text, flags=re.M))
         for line in text.splitlines():
             line = line.strip()
             m = re.search(r"(?:^|&&\s*|\s)(?:python3?|torchrun(?:\s+--\S+)*|accelerate launch(?:\s+--\S+)*)\s+"
@@ -27,7 +29,7 @@ def commands():
             if not m or line.startswith("#"):
                 continue
             rest = re.split(r"\s(?:&&|\|\||;|\|)\s", m.group(2))[0]
-            rest = re.sub(r"\$\{?(\w+)(:-[^}]*)?\}?", "X", rest)  # shell variables -> a placeholder
+            rest = re.sub(r"\$\{?(\w+)(:-[^}]*)?\}?", lambda v: defaults.get(v.group(1), "X"), rest)
             rest = re.sub(r"\s?[0-9]*>.*$", "", rest)          # redirections
             found.append((f"{src.name}: {line[:80]}", m.group(1), shlex.split(rest)))
     return found
