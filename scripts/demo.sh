@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/demo}
 CONCEPT=${CONCEPT:-red}
+PRESERVE=${PRESERVE:-yellow,green,blue,purple}   # the other colours, kept by the edits
 ETA=${ETA:-1.0}
 STEPS=${STEPS:-25}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -14,9 +15,9 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 
 # 1. prompts: evaluation (every colour x shape), attacked prompts, Ring-A-Bell pairs
 python execs/shapes_data.py --concept "$CONCEPT" --save_path "$OUT/data"
-# 2. erasure: UCE (with the world's prompt templates), then RECE from the UCE checkpoint
-python execs/train_uce.py --concepts "$CONCEPT" --concept_type colour --add_prompts --model_id shapes --save_path "$OUT/uce"
-python train.py --concepts "$CONCEPT" --concept_type colour --target_ckpt "$OUT/uce/uce.safetensors" --model_id shapes --ddim_steps "$STEPS" --save_path "$OUT/rece"
+# 2. erasure: UCE (with the world's prompt templates, preserving the other colours), then RECE from it
+python execs/train_uce.py --concepts "$CONCEPT" --concept_type colour --add_prompts --preserve_concepts "$PRESERVE" --model_id shapes --save_path "$OUT/uce"
+python train.py --concepts "$CONCEPT" --concept_type colour --preserve_concepts "$PRESERVE" --target_ckpt "$OUT/uce/uce.safetensors" --model_id shapes --ddim_steps "$STEPS" --save_path "$OUT/rece"
 # 3. generation of the evaluation prompts: base, UCE, RECE
 python execs/generate_images.py --prompts_path "$OUT/data/eval_prompts.csv" --model_id shapes --ddim_steps "$STEPS" --batch_size 25 --save_path "$OUT/gen-sd"
 python execs/generate_images.py --prompts_path "$OUT/data/eval_prompts.csv" --model_id shapes --ddim_steps "$STEPS" --batch_size 25 --ckpt "$OUT/uce/uce.safetensors" --save_path "$OUT/gen-uce"
