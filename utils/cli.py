@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 from .concepts import CONCEPT_TYPES
 from .errors import UserError
+from .io import slug  # noqa: F401  (re-exported for the CLIs)
 
 
 def add_edit_args(parser, *, lamb: float | None, preserve_scale: float | None) -> None:
@@ -38,11 +39,6 @@ def check_scales(args, names=("lamb", "erase_scale", "preserve_scale", "regular_
             raise UserError(f"--{name} must be a non-negative number, got {v}")
     if getattr(args, "text_batch_size", 1) < 1:
         raise UserError(f"--text_batch_size must be at least 1, got {args.text_batch_size}")
-
-
-def slug(text: str, limit: int = 60) -> str:
-    s = re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip().lower()).strip("_")
-    return s[:limit] or "x"
 
 
 @contextmanager

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,12 @@ def atomic_path(path, suffix: str | None = None):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def slug(text, limit: int = 60) -> str:
+    """A file-name-safe form of a setting, e.g. 'Van Gogh' -> 'van_gogh' (run and result names)."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text).strip().lower()).strip("_")
+    return s[:limit] or "x"
 
 
 def write_text_atomic(path, text: str) -> None:

@@ -29,6 +29,7 @@ import re
 from pathlib import Path
 
 from ..errors import UserError
+from ..io import slug  # noqa: F401  (used by the evaluators)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # Columns of a run's prompts.csv that may name each image's file (the generator writes one of them).
@@ -56,12 +57,6 @@ def run_folder(root) -> Path:
 def natural_key(name: str):
     """'10_0.png' after '9_0.png': numbers in names compare as numbers."""
     return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name)]
-
-
-def slug(text: str, limit: int = 60) -> str:
-    """A file-name-safe form of a setting, e.g. 'Van Gogh' -> 'van_gogh'."""
-    s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text).strip().lower()).strip("_")
-    return s[:limit] or "x"
 
 
 def list_images(folder) -> list[Path]:
