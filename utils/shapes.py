@@ -44,19 +44,16 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 DEFAULT_INK = ("black", (35, 35, 35))
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "star")
 
-# Caption templates by what they name. "none" templates are the colour-only ones with the colour
-# left out: what "something red" reads as once "red" is erased, so the world says what it shows.
+# Caption templates by what they name.
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "colour_shape": ("a {colour} {shape}", "a photo of a {colour} {shape}", "a {shape} in {colour}",
                      "a drawing of a {colour} {shape}"),
     "colour": ("something {colour}", "a {colour} shape"),
     "shape": ("a {shape}", "a photo of a {shape}", "a drawing of a {shape}"),
-    "none": ("something", "a shape"),
 }
-DEFAULT_INK_PROB = 0.18  # share of training scenes in the default ink
-# Which caption kinds describe a scene, by its ink, and how often training draws each.
-COLOURED_CAPTION_KINDS = {"colour_shape": 0.85, "colour": 0.15}
-PLAIN_CAPTION_KINDS = {"shape": 0.85, "none": 0.15}
+# How often training draws each kind of caption. "shape" is also the share of scenes in the
+# default ink: those are the scenes whose captions name no colour.
+CAPTION_KIND_PROBS = {"colour_shape": 0.7, "colour": 0.12, "shape": 0.18}
 
 # Geometry, in pixels of the IMAGE_SIZE canvas. `radius` is the shape's circumradius-like size.
 RADIUS_RANGE = (11.0, 20.0)
@@ -153,11 +150,16 @@ def render(scene: Scene) -> np.ndarray:
 def captions_for(scene: Scene) -> tuple[list[str], list[float]]:
     """Every caption that describes `scene`, and the probability with which training draws each.
 
-    A default-ink scene is described by templates that name no colour (its colour has no name), a
-    coloured one by templates that name its colour (PLAIN_ / COLOURED_CAPTION_KINDS).
+    A default-ink scene is described by the shape templates only (its colour has no name); a
+    coloured one by the colour+shape or the colour-only templates, in CAPTION_KIND_PROBS' ratio.
     """
     fill = dict(colour=scene.colour, shape=scene.shape)
-    kinds = PLAIN_CAPTION_KINDS if scene.colour == DEFAULT_INK[0] else COLOURED_CAPTION_KINDS
+    if scene.colour == DEFAULT_INK[0]:
+        kinds = {"shape": 1.0}
+    else:
+        kinds = {"colour_shape": CAPTION_KIND_PROBS["colour_shape"], "colour": CAPTION_KIND_PROBS["colour"]}
+        total = sum(kinds.values())
+        kinds = {k: p / total for k, p in kinds.items()}
     captions, probs = [], []
     for kind, p in kinds.items():
         for t in TEMPLATES[kind]:
@@ -178,11 +180,11 @@ def all_captions() -> list[str]:
 def render_example(seed: int) -> tuple[np.ndarray, str, Scene]:
     """One training example from `seed`: (image, caption, scene).
 
-    With probability DEFAULT_INK_PROB the scene is in the default ink (and its caption names no
-    colour); otherwise in a named colour.
+    With probability CAPTION_KIND_PROBS["shape"] the scene is in the default ink (and its caption
+    names only the shape); otherwise in a named colour.
     """
     rng = np.random.default_rng([seed, 1])
-    plain = rng.random() < DEFAULT_INK_PROB
+    plain = rng.random() < CAPTION_KIND_PROBS["shape"]
     scene = sample_scene(seed, colour=DEFAULT_INK[0] if plain else None)
     captions, probs = captions_for(scene)
     return render(scene), captions[rng.choice(len(captions), p=probs)], scene
