@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils import shapes  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
+from utils.evaluation import run_images  # noqa: E402
 from utils.io import write_json, write_text_atomic  # noqa: E402
 
 
@@ -44,16 +45,8 @@ def _named(items, flag):
     return out
 
 
-def _images(folder: Path):
-    import pandas as pd
-    from PIL import Image
-
-    df = pd.read_csv(folder / "prompts.csv")
-    return df, [Image.open(folder / f).convert("RGB") for f in df["file_name"]]
-
-
 def score_generation(folder: Path, concept: str) -> dict:
-    df, images = _images(folder)
+    df, images = run_images(folder)
     attr = "colour" if concept in shapes.COLOURS else "shape"
     other = "shape" if attr == "colour" else "colour"
     if attr not in df or other not in df:
@@ -72,7 +65,7 @@ def score_generation(folder: Path, concept: str) -> dict:
 
 
 def score_attack(folder: Path, concept: str) -> dict:
-    _, images = _images(folder)
+    _, images = run_images(folder)
     return {"attack_success_rate": shapes.concept_rate(images, concept), "n_attacked": len(images)}
 
 

@@ -22,6 +22,13 @@ def _prompts(folder: Path) -> pd.DataFrame:
     return pd.read_csv(p)
 
 
+def run_images(folder) -> tuple[pd.DataFrame, list]:
+    """A run folder's prompts.csv and its images (RGB PIL), in the table's order."""
+    folder = Path(folder)
+    df = _prompts(folder)
+    return df, _load_images(folder, df["file_name"])
+
+
 def _load_images(folder: Path, files) -> list:
     from PIL import Image
 
@@ -44,8 +51,7 @@ def score_run(folder, metric: str, concepts: list[str]) -> dict:
     if metric == "concept_rate":
         from . import shapes
 
-        df = _prompts(folder)
-        images = _load_images(folder, df["file_name"])
+        _, images = run_images(folder)
         rates = {c: shapes.concept_rate(images, c) for c in concepts}
         return {"metric": metric, "rate": sum(rates.values()) / len(rates), "per_concept": rates,
                 "n_images": len(images)}

@@ -114,6 +114,23 @@ def _installed_lpips_weights() -> Path | None:
     return None
 
 
+def _weights_file(given, default: Path, url: str, what: str, label: str, how: str, download: bool) -> Path:
+    """A weights file: the one given (must exist), else `default`, downloaded from `url` if allowed."""
+    if given is not None:
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise UserError(f"{label} {path} not found; {how}")
+        return path
+    if not default.is_file():
+        if not download:
+            raise UserError(f"LPIPS needs {what}, not found at {default}; {how}")
+        try:
+            _download(url, default)
+        except Exception as e:
+            raise UserError(f"LPIPS needs {what}: not at {default} and the download failed ({type(e).__name__}); {how}")
+    return default
+
+
 def find_weights(alexnet_weights=None, lpips_weights=None, download: bool = True) -> tuple[Path, Path]:
     import torch
 
@@ -121,34 +138,10 @@ def find_weights(alexnet_weights=None, lpips_weights=None, download: bool = True
                 f"(torchvision's AlexNet ImageNet weights) or pass --alexnet_weights FILE")
     how_lin = (f"download {LPIPS_URL} to ~/.cache/rece/{LPIPS_CACHE_FILE}, or `pip install --no-deps lpips==0.1.4` "
                f"(its weights file is read, its code is not imported), or pass --lpips_weights FILE")
-    if alexnet_weights is not None:
-        alex = Path(alexnet_weights).expanduser()
-        if not alex.is_file():
-            raise UserError(f"LPIPS backbone weights {alex} not found; {how_alex}")
-    else:
-        alex = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
-        if not alex.is_file():
-            if not download:
-                raise UserError(f"LPIPS needs AlexNet weights {ALEXNET_FILE}, not found at {alex}; {how_alex}")
-            try:
-                _download(ALEXNET_URL, alex)
-            except Exception as e:
-                raise UserError(f"LPIPS needs AlexNet weights {ALEXNET_FILE}: not at {alex} and the download "
-                                f"failed ({type(e).__name__}); {how_alex}")
-    if lpips_weights is not None:
-        lin = Path(lpips_weights).expanduser()
-        if not lin.is_file():
-            raise UserError(f"LPIPS linear weights {lin} not found; {how_lin}")
-    else:
-        lin = _installed_lpips_weights() or Path.home() / ".cache" / "rece" / LPIPS_CACHE_FILE
-        if not lin.is_file():
-            if not download:
-                raise UserError(f"LPIPS needs its v0.1 linear weights alex.pth, not found at {lin}; {how_lin}")
-            try:
-                _download(LPIPS_URL, lin)
-            except Exception as e:
-                raise UserError(f"LPIPS needs its v0.1 linear weights alex.pth: not found and the download failed "
-                                f"({type(e).__name__}); {how_lin}")
+    alex = _weights_file(alexnet_weights, Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE, ALEXNET_URL,
+                         f"AlexNet weights {ALEXNET_FILE}", "LPIPS backbone weights", how_alex, download)
+    lin = _weights_file(lpips_weights, _installed_lpips_weights() or Path.home() / ".cache" / "rece" / LPIPS_CACHE_FILE,
+                        LPIPS_URL, "its v0.1 linear weights alex.pth", "LPIPS linear weights", how_lin, download)
     return alex, lin
 
 
