@@ -1,4 +1,4 @@
-"""Nudity rate of a folder of generated images with NudeNet (SPEC 6), and the paper's table row.
+"""Nudity rate of a folder of generated images with NudeNet (docs/method.md §6), and the paper's table row.
 
     python compute_nudity_rate.py --root results/sd14_i2p
 
@@ -11,8 +11,8 @@ in batches, and writes into ROOT:
 - `nudity_{classes}_t{threshold}.json`: rate, nude images, per-class image counts, the table row,
   threshold, class set and detector.
 Prints the paper's row: armpits, belly, buttocks, feet, breasts F, genitalia F, breasts M,
-genitalia M, total. Class sets: `rece9` (SPEC 6, default), `table8`, `base6`, or NudeNet labels
-(see utils/nudity.py for which papers use which).
+genitalia M, total. Class sets: `rece9` (docs/method.md §6, default), `table8`, `base6`, or NudeNet labels
+(see utils/score/nudity.py for which papers use which).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.nudity import (CLASS_SETS, DEFAULT_CLASSES, DEFAULT_THRESHOLD, check_threshold, format_table,  # noqa: E402
+from utils.score.nudity import (CLASS_SETS, DEFAULT_CLASSES, DEFAULT_THRESHOLD, check_threshold, format_table,  # noqa: E402
                           resolve_classes, score_folder)
 
 
@@ -37,7 +37,7 @@ def parse_args(argv=None):
                              f"(default {DEFAULT_THRESHOLD})")
     parser.add_argument("--classes", default=DEFAULT_CLASSES,
                         help=f"class set deciding nudity: {', '.join(CLASS_SETS)} or comma-separated NudeNet labels "
-                             f"(default {DEFAULT_CLASSES}, SPEC 6's nine exposed classes)")
+                             f"(default {DEFAULT_CLASSES}, docs/method.md §6's nine exposed classes)")
     parser.add_argument("--redetect", action=argparse.BooleanOptionalAction, default=False,
                         help="run the detector on every image again instead of reusing stored detections")
     parser.add_argument("--batch_size", type=int, default=16, help="images per detector call (default 16)")

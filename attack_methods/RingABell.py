@@ -1,4 +1,4 @@
-"""Ring-A-Bell at the embedding level, as RECE evaluates it (SPEC 7).
+"""Ring-A-Bell at the embedding level, as RECE evaluates it (docs/method.md §7).
 
     python attack_methods/RingABell.py --csv_file dataset/nudity-ring-a-bell.csv \
         --prompt_file dataset/nudity.csv --eta 3 --concept nudity --ckpt runs/rece-nudity/best.safetensors \
@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.checkpoints import load_checkpoint_into_unet  # noqa: E402
 from utils.datasets import dataset_path  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.evaluation import METRICS, score_run  # noqa: E402
+from utils.score.evaluation import METRICS, score_run  # noqa: E402
 from utils.io import atomic_path, prepare_run_dir, write_json  # noqa: E402
 from utils.models import add_model_args, encode_texts, load_pipeline, quiet_libraries, resolve_device, resolve_model_id  # noqa: E402
 
-# The paper's settings (SPEC 7): concept -> (eta, metric, the concept as the scorer names it)
+# The paper's settings (docs/method.md §7): concept -> (eta, metric, the concept as the scorer names it)
 KNOWN = {"nudity": (3.0, "nudity_rate", "nudity"), "vangogh": (0.9, "style_rate", "Van Gogh"),
          "van gogh": (0.9, "style_rate", "Van Gogh")}
 
@@ -39,7 +39,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--csv_file", required=True, help="sensitive/normal prompt pairs (columns 'sensitive prompt', "
                                                      "'normal prompt')")
-    p.add_argument("--prompt_file", required=True, help="prompts to attack (SPEC 5 columns)")
+    p.add_argument("--prompt_file", required=True, help="prompts to attack (docs/method.md §5 columns)")
     p.add_argument("--img_path", required=True, help="run folder for the attacked images and results")
     p.add_argument("--concept", required=True, help="erased concept: nudity, vangogh, or a shapes-world concept")
     p.add_argument("--eta", type=float, default=None, help="attack strength (default: 3 for nudity, 0.9 for vangogh)")
@@ -59,7 +59,7 @@ def parse_args(argv=None):
 
 
 def concept_vector(tokenizer, text_encoder, sensitive: list[str], normal: list[str]) -> torch.Tensor:
-    """v = mean_i E(sensitive_i) - E(normal_i) (SPEC 7), 77 x d."""
+    """v = mean_i E(sensitive_i) - E(normal_i) (docs/method.md §7), 77 x d."""
     E_s, _ = encode_texts(tokenizer, text_encoder, sensitive)
     E_n, _ = encode_texts(tokenizer, text_encoder, normal)
     return (E_s - E_n).mean(0)
@@ -114,7 +114,7 @@ def main(args):
     v = concept_vector(pipe.tokenizer, pipe.text_encoder, sensitive, normal)
     E, _ = encode_texts(pipe.tokenizer, pipe.text_encoder, table["prompt"].tolist())
     attacked = E + eta * v
-    config = {"attack": "ring-a-bell (embedding level, SPEC 7)", "model_id": model_id, "ckpt": args.ckpt,
+    config = {"attack": "ring-a-bell (embedding level, docs/method.md §7)", "model_id": model_id, "ckpt": args.ckpt,
               "concept": args.concept, "target": target, "metric": metric, "eta": eta, "pairs_file": str(args.csv_file),
               "num_pairs": len(sensitive), "prompt_file": str(args.prompt_file), "from_case": args.from_case,
               "to_case": args.to_case, "num_prompts": len(table), "num_samples": args.num_samples,
@@ -125,7 +125,7 @@ def main(args):
         save_file({"v": v.contiguous()}, str(tmp), metadata={"eta": str(eta), "pairs_file": str(args.csv_file)})
 
     # 4. Generate from the attacked embeddings, then score
-    from utils.generation import generate_table
+    from utils.generate.sampling import generate_table
     generate_table(pipe, table, out, num_samples=args.num_samples, steps=args.ddim_steps,
                    batch_size=args.batch_size, embeddings=attacked, progress=True)
     result = score_run(out, metric, [target])

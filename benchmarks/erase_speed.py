@@ -46,7 +46,7 @@ def parse_args(argv=None):
 
 def ensure_model(folder: Path) -> Path:
     if not (folder / "model_index.json").exists():
-        from utils.tiny import build_random_pipeline
+        from tests.tiny import build_random_pipeline
         print(f"building an SD 1.4-shaped pipeline with random weights in {folder} ...", file=sys.stderr)
         build_random_pipeline(folder, "sd14", seed=0)
     return folder
@@ -174,7 +174,7 @@ def main(args):
         res["speedup_uce"] = naive["uce_seconds"] / res["ours"]["uce"]["closed_form_seconds"]
         res["speedup_rece_3_epochs"] = naive["rece_3_epochs_seconds"] / res["ours"]["rece_3_epochs"]["closed_form_seconds"]
 
-    # 3. art: one artist, the 1,733 others preserved (SPEC 2a), UCE + 1 RECE epoch, end to end
+    # 3. art: one artist, the 1,733 others preserved (docs/method.md §2a), UCE + 1 RECE epoch, end to end
     if args.art:
         wall, rss = run_measured(["train.py", "--concepts", "Kelly McKernan", "--concept_type", "art",
                                   "--model_id", str(model), "--device", "cpu", "--save_path", str(runs / "art"),
@@ -183,7 +183,7 @@ def main(args):
         res["ours"]["art_uce_plus_rece_1_epoch"] = {"process_wall_seconds": wall, "peak_rss_bytes": rss, **t}
         if not args.skip_naive:
             from diffusers import StableDiffusionPipeline
-            from utils.concepts import all_artists
+            from utils.erase.concepts import all_artists
             pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None)
             edited = copy.deepcopy(pipe.unet)
             preserve = [""] + [a for a in all_artists() if a.lower() != "kelly mckernan"]

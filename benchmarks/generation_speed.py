@@ -6,13 +6,13 @@
 The straightforward way is the authors' loop in its plainest form: one `StableDiffusionPipeline.__call__`
 per row, in fp32, with a fresh LMSDiscreteScheduler (its LMS coefficients, scipy integrals, recomputed
 at every step of every call), the prompt and the empty negative prompt encoded per call. The toolkit's
-way is `utils.generation.generate_table` as `execs/generate_images.py` runs it (rows batched across
+way is `utils.generate.sampling.generate_table` as `execs/generate_images.py` runs it (rows batched across
 prompts, negative prompt encoded once, sampler tables computed once, `--dtype` default: fp16 on CUDA,
 fp32 on the CPU). Both get the same prompts, seeds (the same CPU-generator initial latents), guidance,
 model and steps, and both write PNGs. Prints one JSON object: images/s of each, the ratio, and the
 largest pixel difference between the two sets of images (0-255 scale).
 
-Presets build a pipeline with random weights offline (`utils.tiny`): `tiny` (test-sized, its own
+Presets build a pipeline with random weights offline (`tiny`): `tiny` (test-sized, its own
 16x16 images by default) or `sd14` (Stable Diffusion 1.4's exact shapes, 512x512; for a GPU). `--model_id`
 benchmarks a real local pipeline instead.
 """
@@ -66,7 +66,7 @@ def main(args):
     from diffusers import LMSDiscreteScheduler
     from PIL import Image
 
-    from utils.generation import SD_BETAS, generate_table, initial_noise, make_sampler, vae_scale_factor
+    from utils.generate.sampling import SD_BETAS, generate_table, initial_noise, make_sampler, vae_scale_factor
     from utils.models import load_pipeline, quiet_libraries, resolve_device
     from utils.prompts import read_prompt_table
 
@@ -90,7 +90,7 @@ def main(args):
             pipe = load_pipeline(args.model_id, device, torch.float32)
             model = args.model_id
         else:
-            from utils.tiny import build_random_pipeline
+            from tests.tiny import build_random_pipeline
 
             pipe = build_random_pipeline(tmp / "model", args.preset).to(device)
             pipe.set_progress_bar_config(disable=True)
@@ -148,7 +148,7 @@ def main(args):
         "straightforward": {"images_per_s": round(a_ips, 4), "seconds": round(timings["straightforward"], 3),
                             "dtype": "fp32", "how": "one StableDiffusionPipeline.__call__ per row"},
         "toolkit": {"images_per_s": round(b_ips, 4), "seconds": round(timings["toolkit"], 3), "dtype": dtype_name,
-                    "batch_size": args.batch_size, "how": "utils.generation.generate_table"},
+                    "batch_size": args.batch_size, "how": "utils.generate.sampling.generate_table"},
         "speedup": round(b_ips / a_ips, 3),
         "max_pixel_diff": max(diffs), "pixel_diff_per_image": diffs,
         "fraction_pixels_differing": round(differing / pixels, 6),

@@ -5,7 +5,7 @@
 Both paths run in the same process on the same images (512x512 PNGs drawn here, or `--folder`):
 1. straightforward: `NudeDetector()` once, then `detector.detect(path)` per image (what the authors'
    `detectNudeClasses` does);
-2. toolkit: `utils.nudity.detect_folder` with a `BatchedNudeDetector` (the same model in batches,
+2. toolkit: `utils.score.nudity.detect_folder` with a `BatchedNudeDetector` (the same model in batches,
    decoding and preprocessing in a thread pool while the previous batch is inferred).
 Each detector is built and warmed up on two images first (build times reported apart); then each
 path is timed over all images, the per-image path twice (before and after) to expose drift from
@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.metrics import list_images  # noqa: E402
+from utils.score import list_images  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -75,7 +75,7 @@ def main(args):
         raise UserError("--n_images, --batch_size, --workers must be >= 1 and --size >= 32")
     from nudenet import NudeDetector
 
-    from utils.nudity import BatchedNudeDetector, detect_folder
+    from utils.score.nudity import BatchedNudeDetector, detect_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.folder:

@@ -1,11 +1,13 @@
-"""Download the public prompt datasets into dataset/ and check their sha256 (SPEC section 9).
+"""Download the public prompt datasets into dataset/ and check their sha256 (docs/method.md §9).
 
     python dataset/fetch.py                 # all of them
     python dataset/fetch.py nudity.csv i2p.csv
 
-Sources: the RECE repository (CharlesGong12/RECE, pinned commit) for the CSVs; the Q16 prompt
-embeddings are its pickled `prompts.p`, unpickled with a loader that accepts numpy arrays only and
-saved as `q16_vit_l14_prompts.npy`. Files already present with the right checksum are skipped;
+The files ship in dataset/ already; this re-downloads and verifies them. Sources: the RECE
+repository (CharlesGong12/RECE, pinned commit) for the CSVs; the Q16 prompt embeddings are its
+pickled `prompts.p`, unpickled with a loader that accepts numpy arrays only and saved as
+`q16_vit_l14_prompts.npy`, and its fine-tuned `prompts_finetuned.pt`, read with
+`torch.load(weights_only=True)` and saved as `q16_vit_l14_prompts_finetuned.npy`. Files already present with the right checksum are skipped;
 each file is written atomically, and a checksum mismatch leaves nothing behind.
 """
 from __future__ import annotations
@@ -53,6 +55,16 @@ def _convert_q16(raw: bytes) -> bytes:
     return buf.getvalue()
 
 
+def _convert_torch_parameter(raw: bytes) -> bytes:
+    import numpy as np
+    import torch
+
+    t = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    buf = io.BytesIO()
+    np.save(buf, t.detach().float().numpy())
+    return buf.getvalue()
+
+
 def fetch(name: str, dest: Path) -> str:
     url, sha = SOURCES[name]
     target = dest / name
@@ -64,7 +76,7 @@ def fetch(name: str, dest: Path) -> str:
     except OSError as e:
         raise UserError(f"could not download {name} from {url} ({e})")
     if name.endswith(".npy"):
-        data = _convert_q16(data)
+        data = _convert_torch_parameter(data) if url.endswith(".pt") else _convert_q16(data)
     got = hashlib.sha256(data).hexdigest()
     if got != sha:
         raise UserError(f"{name} from {url} has sha256 {got}, expected {sha}; nothing written")

@@ -18,8 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.metrics import add_common_args, check_batch_size, images_or_fail  # noqa: E402
-from utils.metrics.clip import DEFAULT_CLIP, DEFAULT_TEMPLATE, classify_artists  # noqa: E402
+from utils.score import add_common_args, check_batch_size, images_or_fail  # noqa: E402
+from utils.score.clip import DEFAULT_CLIP, DEFAULT_TEMPLATE, classify_artists  # noqa: E402
 
 
 def parse_args(argv=None):

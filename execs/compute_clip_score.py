@@ -17,9 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.errors import run_cli  # noqa: E402
-from utils.metrics import (add_common_args, check_batch_size, images_or_fail, read_run_prompts,  # noqa: E402
+from utils.score import (add_common_args, check_batch_size, images_or_fail, read_run_prompts,  # noqa: E402
                            rows_for_images)
-from utils.metrics.clip import DEFAULT_CLIP, clip_score  # noqa: E402
+from utils.score.clip import DEFAULT_CLIP, clip_score  # noqa: E402
 
 
 def parse_args(argv=None):

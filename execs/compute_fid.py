@@ -17,8 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.metrics import check_batch_size, images_or_fail  # noqa: E402
-from utils.metrics.fid import compute_fid, find_inception  # noqa: E402
+from utils.score import check_batch_size, images_or_fail  # noqa: E402
+from utils.score.fid import compute_fid, find_inception  # noqa: E402
 
 
 def parse_args(argv=None):

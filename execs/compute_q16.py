@@ -1,4 +1,4 @@
-"""Q16 inappropriate rate of a folder of generated images (SPEC 6a), for the `unsafe` concept.
+"""Q16 inappropriate rate of a folder of generated images (docs/method.md §6a), for the `unsafe` concept.
 
     python execs/compute_q16.py --root results/rece_i2p
 
@@ -17,9 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.errors import run_cli  # noqa: E402
-from utils.metrics import add_common_args, check_batch_size, image_folder  # noqa: E402
-from utils.metrics.clip import DEFAULT_CLIP  # noqa: E402
-from utils.metrics.q16 import DEFAULT_PROMPTS, load_q16_prompts, score_q16  # noqa: E402
+from utils.score import add_common_args, check_batch_size, image_folder  # noqa: E402
+from utils.score.clip import DEFAULT_CLIP  # noqa: E402
+from utils.score.q16 import DEFAULT_PROMPTS, load_q16_prompts, score_q16  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -1,4 +1,4 @@
-"""Generate images for every row of a prompt CSV (SPEC 5), seeded per row, batched, resumable.
+"""Generate images for every row of a prompt CSV (docs/method.md §5), seeded per row, batched, resumable.
 
     python execs/generate_images.py --prompts_path dataset/coco_30k.csv --concept coco_erasednudity \
         --save_path results --ckpt runs/rece-nudity/rece.safetensors --df_length 10000 --df_start 10000
@@ -6,7 +6,7 @@
 Writes SAVE_PATH/CONCEPT (SAVE_PATH itself without --concept), as the authors' script does:
 config.json (first), imgs/{case_number}_{k}.png, prompts.csv (one row per image, written once all
 images exist) and grid.png (the first 16 images). With `--concept nudity` the images are then scored
-with NudeNet (SPEC 6) into nudity_*.json.
+with NudeNet (docs/method.md §6) into nudity_*.json.
 
 Rerunning the same command resumes: images already there are kept, the rest generated. Other settings
 in the same folder are refused unless --overwrite. Several processes split the rows:
@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.generation import NOISE, OUTPUTS, SCHEDULERS, generate_table, make_sampler  # noqa: E402
+from utils.generate.sampling import NOISE, OUTPUTS, SCHEDULERS, generate_table, make_sampler  # noqa: E402
 from utils.io import prepare_resumable_run_dir  # noqa: E402
 from utils.models import add_model_args, resolve_device, resolve_model_id  # noqa: E402
 from utils.prompts import EMPTY_PROMPTS, file_digest, prompts_source, read_prompt_table  # noqa: E402
@@ -166,7 +166,7 @@ def main(args):
 
     # 6. Score (main process, once every image exists)
     if args.concept == "nudity" and state.is_main_process:
-        from utils.nudity import score_folder
+        from utils.score.nudity import score_folder
 
         del pipe
         summary = score_folder(run_dir, progress=args.progress)

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.io import write_text_atomic  # noqa: E402
-from utils.metrics import natural_key  # noqa: E402
-from utils.nudity import (DEFAULT_CLASSES, DEFAULT_THRESHOLD, DETECTIONS_FILE, TABLE_COLUMNS,  # noqa: E402
+from utils.score import natural_key  # noqa: E402
+from utils.score.nudity import (DEFAULT_CLASSES, DEFAULT_THRESHOLD, DETECTIONS_FILE, TABLE_COLUMNS,  # noqa: E402
                           TABLE_HEADER, check_threshold, load_detections, nudity_summary, resolve_classes,
                           summary_name)
 

@@ -3,7 +3,7 @@
     python execs/shapes_data.py --concept red --save_path runs/demo/data
 
 Writes SAVE_PATH/eval_prompts.csv (every colour x shape x --seeds, with ground-truth `colour` and
-`shape` columns; SPEC 5 columns with the world's size, guidance and seeds), attack_prompts.csv (the
+`shape` columns; docs/method.md §5 columns with the world's size, guidance and seeds), attack_prompts.csv (the
 rows of eval_prompts.csv that ask for the concept) and ringabell_pairs.csv (sensitive / normal pairs
 such as "a red circle" / "a circle", for attack_methods/RingABell.py).
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import shapes  # noqa: E402
+from utils.world import shapes  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.io import atomic_path  # noqa: E402
 

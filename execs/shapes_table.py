@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import shapes  # noqa: E402
+from utils.world import shapes  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.evaluation import run_images  # noqa: E402
+from utils.score.evaluation import run_images  # noqa: E402
 from utils.io import write_json, write_text_atomic  # noqa: E402
 
 

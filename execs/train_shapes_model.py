@@ -1,6 +1,6 @@
 """Train the built-in `shapes` text-to-image model from scratch and save it as a diffusers pipeline.
 
-A Stable Diffusion pipeline in miniature, trained on the shapes world of utils/shapes.py (64x64
+A Stable Diffusion pipeline in miniature, trained on the shapes world of utils/world/shapes.py (64x64
 images of one coloured shape, captions such as "a red circle"), so that concept erasure can be run
 and measured for real on a CPU. Same components and conventions as SD 1.x: an AutoencoderKL with 8x
 downsampling and 4 latent channels, a CLIP text encoder with a CLIP BPE tokenizer padding to 77
@@ -9,7 +9,7 @@ prediction on the scaled-linear beta schedule, an LMS scheduler for sampling, an
 that classifier-free guidance with the empty prompt works.
 
 Phases (each seeded; the whole run takes ~25 min on 2 CPU cores with the defaults):
-  1. the shape judge, a small CNN (utils/shapes.py), saved to --judge_path;
+  1. the shape judge, a small CNN (utils/world/shapes.py), saved to --judge_path;
   2. the VAE, on rendered images;
   3. the text encoder: a randomly initialised CLIP text transformer, kept frozen (see
      --train_text_encoder), so every caption's embedding is computed once;
@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils import shapes  # noqa: E402
+from utils.world import shapes  # noqa: E402
 from utils.io import environment_info, write_json  # noqa: E402
 
 OUTPUT_FILES = ("model_index.json", "report.json", "training_config.json")
@@ -159,7 +159,7 @@ def build_unet(channels: list[int], cross_attention_dim: int):
 
 
 def noise_schedule_kwargs() -> dict:
-    """SD's training schedule (SPEC 5): scaled-linear betas 0.00085 -> 0.012 over 1000 steps."""
+    """SD's training schedule (docs/method.md §5): scaled-linear betas 0.00085 -> 0.012 over 1000 steps."""
     return dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
 
@@ -315,11 +315,11 @@ def train_unet(unet, text_encoder, tokenizer, latents_mean, latents_std, scaling
 
 @torch.no_grad()
 def generate(pipe, table, num_inference_steps: int, batch_size: int = 50) -> np.ndarray:
-    """Images (n, H, W, 3) uint8 for the rows of a SPEC 5 table, in row order.
+    """Images (n, H, W, 3) uint8 for the rows of a docs/method.md §5 table, in row order.
 
     Each row's initial latents come from a CPU generator seeded with its evaluation_seed, so an
     image does not depend on the batch it is generated in. Rows with different guidance or size are
-    batched apart. Negative prompt: the empty string (SPEC 5).
+    batched apart. Negative prompt: the empty string (docs/method.md §5).
     """
     out = [None] * len(table)
     keys = ["evaluation_guidance", "sd_image_height", "sd_image_width"]

@@ -1,4 +1,4 @@
-"""UCE: erase concepts from a Stable Diffusion model's cross-attention in closed form (SPEC 2, 2a).
+"""UCE: erase concepts from a Stable Diffusion model's cross-attention in closed form (docs/method.md §2, §2a).
 
     python execs/train_uce.py --concepts nudity --concept_type nudity --save_path runs/uce-nudity
 
@@ -14,11 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import concepts as cpt  # noqa: E402
+from utils.erase import concepts as cpt  # noqa: E402
 from utils.checkpoints import save_edited_weights  # noqa: E402
 from utils.cli import add_edit_args, check_scales, slug, stopwatch  # noqa: E402
-from utils.concepts import UCE_EDIT  # noqa: E402
-from utils.erasure import EditState, TextCache, uce_stage  # noqa: E402
+from utils.erase.concepts import UCE_EDIT  # noqa: E402
+from utils.erase.steps import EditState, TextCache, uce_stage  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.io import prepare_run_dir, write_json  # noqa: E402
 from utils.models import add_model_args, load_edit_components, quiet_libraries, resolve_device, resolve_model_id  # noqa: E402

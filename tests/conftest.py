@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny pipelines built offline, the public datasets from ../shared (dev copies)."""
+"""Shared fixtures: tiny pipelines built offline; the public datasets ship in dataset/."""
 from __future__ import annotations
 
 import os
@@ -11,17 +11,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-# Tests find the public CSVs here (never committed to the project; see dataset/fetch.py).
-SHARED_DATASETS = REPO.parent / "shared" / "datasets"
-if SHARED_DATASETS.is_dir():
-    os.environ.setdefault("RECE_DATASETS", str(SHARED_DATASETS))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory) -> Path:
     """A saved diffusers StableDiffusionPipeline with random tiny weights (built once per session)."""
-    from utils.tiny import build_random_pipeline
+    from tiny import build_random_pipeline
 
     folder = tmp_path_factory.mktemp("tiny_sd")
     build_random_pipeline(folder, "tiny", seed=0)

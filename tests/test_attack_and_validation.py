@@ -1,4 +1,4 @@
-"""Ring-A-Bell (SPEC 7) and RECE's validation loop (SPEC 4) end to end on a tiny pipeline."""
+"""Ring-A-Bell (docs/method.md §7) and RECE's validation loop (docs/method.md §4) end to end on a tiny pipeline."""
 import json
 
 import pandas as pd

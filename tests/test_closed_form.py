@@ -1,9 +1,9 @@
-"""Invariants of the closed-form math (SPEC 2-3), checked against the equations themselves."""
+"""Invariants of the closed-form math (docs/method.md §2-§3), checked against the equations themselves."""
 import pytest
 import torch
 
-from utils import closed_form as cf
-from utils.erasure import EditState
+from utils.erase import closed_form as cf
+from utils.erase.steps import EditState
 
 torch.manual_seed(0)
 D = 12
@@ -15,7 +15,7 @@ def rand_pairs(n_pairs=2, rows=5):
 
 
 def reference_targets(W0, C, T, technique):
-    """V_i of SPEC 2, one matrix at a time, straight from the definition."""
+    """V_i of docs/method.md §2, one matrix at a time, straight from the definition."""
     V = T @ W0.T
     if technique == "tensor":
         u = C @ W0.T
@@ -46,7 +46,7 @@ def test_edit_satisfies_normal_equations(technique):
 
 
 def test_replace_factor_equals_direct_edit():
-    """SPEC 2b: with `replace`, W* = W0 @ K for every matrix, K shared."""
+    """docs/method.md §2b: with `replace`, W* = W0 @ K for every matrix, K shared."""
     W0 = torch.randn(4, 6, D, dtype=torch.float64)
     pairs = rand_pairs(3)
     P = cf.gram(torch.randn(20, D, dtype=torch.float64))
@@ -87,7 +87,7 @@ def layers(n=4):
                                              ("close_surrogatereg", "1st"), ("close_surrogatereg", "2nd"),
                                              ("close_surrogatereg", "both")])
 def test_adversarial_embedding_minimises_its_objective(method, reg_item):
-    """c' zeroes the gradient of SPEC 3's objective, summed over explicit per-layer terms."""
+    """c' zeroes the gradient of docs/method.md §3's objective, summed over explicit per-layer terms."""
     W_orig = layers()
     W_cur = [w + 0.3 * torch.randn_like(w) for w in W_orig]
     S1 = sum(w.T @ w for w in W_cur)

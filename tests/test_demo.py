@@ -1,5 +1,5 @@
 """The README's demo (scripts/demo.sh) on the built-in shapes model, end to end, with its two claims:
-the base model is competent, and UCE erases red while the other colours stay correct (issue 5).
+the base model is competent, and UCE erases red while the other colours stay correct.
 The attack outcome is reported, not asserted."""
 import json
 import os

@@ -1,4 +1,4 @@
-"""execs/train_uce.py and train.py end to end on a tiny pipeline: outputs checked against SPEC 2-3."""
+"""execs/train_uce.py and train.py end to end on a tiny pipeline: outputs checked against docs/method.md §2-§3."""
 import json
 import pickle
 from pathlib import Path
@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import run_script
-from utils import closed_form as cf
+from utils.erase import closed_form as cf
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -23,7 +23,7 @@ def model(tiny_pipeline_dir):
     W_orig = {k: v.double() for k, v in unet_sd.items() if k.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))}
 
     @torch.no_grad()
-    def E(text):  # SPEC 1, computed here without the toolkit's helpers
+    def E(text):  # docs/method.md §1, computed here without the toolkit's helpers
         ids = tok([text], padding="max_length", max_length=77, truncation=True, return_tensors="pt")
         return te(ids.input_ids)[0][0].double(), int(ids.attention_mask.sum()) - 2
 
@@ -35,7 +35,7 @@ def load_weights(path):
 
 
 def uce_reference(model, W0s, concept, guide, preserve, lamb, s_p, technique="replace"):
-    """SPEC 2/2a for each matrix separately, from the equation (targets recomputed per layer)."""
+    """docs/method.md §2/§2a for each matrix separately, from the equation (targets recomputed per layer)."""
     o, fo = model["E"](concept)
     n, fn = model["E"](guide)
     C, T = cf.uce_token_slice(o, fo, n, fn)
@@ -54,7 +54,7 @@ def uce_reference(model, W0s, concept, guide, preserve, lamb, s_p, technique="re
 
 
 def objective_gradient(x, e, W_cur, W_orig, gamma, method, reg_item="both", t=None):
-    """Gradient of SPEC 3's objective for the adversarial embedding, from explicit per-layer terms."""
+    """Gradient of docs/method.md §3's objective for the adversarial embedding, from explicit per-layer terms."""
     x = x.clone().requires_grad_(True)
     loss = sum(((x @ W_cur[k].T - e @ W_orig[k].T) ** 2).sum() for k in W_cur)
     if method == "close_regzero":
@@ -71,7 +71,7 @@ def objective_gradient(x, e, W_cur, W_orig, gamma, method, reg_item="both", t=No
 
 
 def rece_edit_system(model, W0, c, guide, preserve):
-    """SPEC 3 step 2 (lamb = s_p = 0.1, s_e = 1) for one matrix: W* must solve W* right = left."""
+    """docs/method.md §3 step 2 (lamb = s_p = 0.1, s_e = 1) for one matrix: W* must solve W* right = left."""
     g, _ = model["E"](guide)
     pres = [model["E"](p)[0] for p in preserve]
     left = 0.1 * W0 + (g @ W0.T).T @ c + 0.1 * sum((Cp @ W0.T).T @ Cp for Cp in pres)
@@ -96,7 +96,7 @@ def assert_solves_edit(model, W_new, W_cur, c, guide, preserve, tol=1e-5):
 
 
 def rece_reference(model, W_cur, concept, guide, preserve, gamma, method, reg_item="both", old=None):
-    """One RECE epoch (SPEC 3) with explicit per-layer sums."""
+    """One RECE epoch (docs/method.md §3) with explicit per-layer sums."""
     e, _ = model["E"](concept)
     S1 = sum(W.T @ W for W in W_cur.values())
     S2 = sum(W_cur[k].T @ model["W_orig"][k] for k in W_cur)
@@ -274,7 +274,7 @@ def test_bad_inputs_fail_in_one_line(model, tmp_path, tiny_pipeline_dir):
     assert "singular" in bad(model, tmp_path, "execs/train_uce.py", "--concepts", "x", "--concept_type", "nudity",
                              "--lamb", "0", "--erase_scale", "0", "--preserve_scale", "0")
     # a checkpoint of another architecture: named by its first mismatching key
-    from utils.tiny import build_random_pipeline
+    from tiny import build_random_pipeline
     other = tmp_path / "other"
     build_random_pipeline(other, "tiny", seed=1)
     sd = load_file(str(other / "unet" / "diffusion_pytorch_model.safetensors"))

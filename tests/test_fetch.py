@@ -11,7 +11,7 @@ import pytest
 from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared" / "datasets"
+DATASETS = REPO / "dataset"
 
 
 def load_fetch():
@@ -21,10 +21,9 @@ def load_fetch():
     return mod
 
 
-@pytest.mark.skipif(not (SHARED / "nudity.csv").exists(), reason="no development copy of the datasets")
 def test_fetch_checks_sha256_and_skips_present(tmp_path, monkeypatch):
     fetch = load_fetch()
-    url = (SHARED / "nudity.csv").as_uri()
+    url = (DATASETS / "nudity.csv").as_uri()
     sha = fetch.SOURCES["nudity.csv"][1]
     monkeypatch.setitem(fetch.SOURCES, "nudity.csv", (url, sha))
     assert fetch.fetch("nudity.csv", tmp_path) == "downloaded"
@@ -52,9 +51,17 @@ def test_q16_conversion_accepts_arrays_only():
         fetch._convert_q16(pickle.dumps(Evil()))
 
 
-@pytest.mark.skipif(not (SHARED / "q16_vit_l14_prompts.npy").exists(), reason="no development copy")
-def test_q16_npy_of_the_shared_copy_has_the_listed_checksum():
+def test_every_shipped_dataset_has_its_listed_checksum():
+    """The repository ships the public files in dataset/; each matches the one sha256 list."""
     fetch = load_fetch()
-    arr = np.load(SHARED / "q16_vit_l14_prompts.npy")
+    shipped = sorted(p.name for p in DATASETS.iterdir() if p.suffix in (".csv", ".npy"))
+    assert shipped == sorted(fetch.SOURCES)
+    for name in shipped:
+        assert hashlib.sha256((DATASETS / name).read_bytes()).hexdigest() == fetch.SOURCES[name][1], name
+
+
+def test_q16_npy_conversion_reproduces_the_listed_checksum():
+    fetch = load_fetch()
+    arr = np.load(DATASETS / "q16_vit_l14_prompts.npy")
     data = fetch._convert_q16(pickle.dumps(arr))
     assert hashlib.sha256(data).hexdigest() == fetch.SOURCES["q16_vit_l14_prompts.npy"][1]

@@ -1,4 +1,4 @@
-"""Generation (SPEC 5) through the real CLI on a tiny random pipeline: invariants, resume, processes.
+"""Generation (docs/method.md §5) through the real CLI on a tiny random pipeline: invariants, resume, processes.
 
 Every CLI run uses one CPU thread per process (OMP_NUM_THREADS=1, what torchrun gives each worker),
 so that runs are compared bit for bit: float reductions may split differently over other thread counts.
@@ -191,7 +191,7 @@ def pipe(tiny_pipeline_dir):
 
 
 def test_embeddings_equal_prompts_when_they_are_E_of_the_prompts(tmp_path, pipe, prompts_csv):
-    from utils.generation import encode_prompts, generate_table
+    from utils.generate.sampling import encode_prompts, generate_table
     from utils.prompts import read_prompt_table
 
     table = read_prompt_table(prompts_csv, df_length=3, image_size=16)
@@ -215,7 +215,7 @@ def test_sampler_matches_the_diffusers_pipeline(tmp_path, pipe, prompts_csv, nam
     """Same prompt, seed, guidance and scheduler through StableDiffusionPipeline.__call__: same image."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, LMSDiscreteScheduler
 
-    from utils.generation import SD_BETAS, generate_table, initial_noise
+    from utils.generate.sampling import SD_BETAS, generate_table, initial_noise
     from utils.prompts import read_prompt_table
 
     table = read_prompt_table(prompts_csv, df_length=1, image_size=32)
@@ -238,7 +238,7 @@ def test_sampler_matches_the_diffusers_pipeline(tmp_path, pipe, prompts_csv, nam
 
 
 def test_initial_noise_is_one_cpu_draw_per_row():
-    from utils.generation import initial_noise
+    from utils.generate.sampling import initial_noise
 
     a = initial_noise(4261553411, 2, 4, 8, 8)
     g = torch.Generator("cpu").manual_seed(4261553411)
@@ -247,7 +247,7 @@ def test_initial_noise_is_one_cpu_draw_per_row():
 
 
 def test_plan_batches_groups_sizes_and_keeps_samples_together(prompts_csv):
-    from utils.generation import plan_batches
+    from utils.generate.sampling import plan_batches
     from utils.prompts import read_prompt_table
 
     table = read_prompt_table(prompts_csv)

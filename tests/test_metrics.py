@@ -56,7 +56,7 @@ def cli_error(rel, *args, capsys=None) -> str:
 def tiny_clip(tmp_path_factory):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-    from utils.tiny import write_char_tokenizer
+    from tiny import write_char_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny_clip")
     write_char_tokenizer(folder)
@@ -154,7 +154,7 @@ def test_q16_end_to_end(tiny_clip, run_copy, tmp_path, capsys):
              tmp_path / "q16_tiny.npy", "--batch_size", "4", capsys=capsys)
     s = json.loads((run_copy / "q16.json").read_text())
     records = [json.loads(x) for x in (run_copy / "q16.jsonl").read_text().splitlines()]
-    # SPEC 6a, written out with numpy
+    # docs/method.md §6a, written out with numpy
     _, files, x = clip_embeddings(tiny_clip, run_copy)
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
     Pn = P.astype(np.float32) / np.linalg.norm(P.astype(np.float32), axis=1, keepdims=True)
@@ -175,7 +175,7 @@ def test_q16_end_to_end(tiny_clip, run_copy, tmp_path, capsys):
 def test_missing_models_fail_in_one_line(run_dir, capsys):
     for rel in ("execs/compute_q16.py", "execs/compute_clip_score.py", "execs/classify_artists.py",
                 "execs/classify_objects.py"):
-        extra = ["--prompts_file", REPO.parent / "shared" / "datasets" / "q16_vit_l14_prompts.npy"] \
+        extra = ["--prompts_file", REPO / "dataset" / "q16_vit_l14_prompts.npy"] \
             if rel.endswith("q16.py") else []
         err = cli_error(rel, "--root", run_dir, "--model_id", "nobody-rece-test/missing-model", *extra, capsys=capsys)
         assert "huggingface-cli download nobody-rece-test/missing-model" in err, err
@@ -208,7 +208,7 @@ def test_clip_score_end_to_end(tiny_clip, run_copy, capsys):
 
 
 def test_classify_artists(tiny_clip, run_copy, capsys):
-    from utils.metrics.clip import classify_artists, load_clip
+    from utils.score.clip import classify_artists, load_clip
 
     clip = load_clip(str(tiny_clip), "cpu")
     s = classify_artists(run_copy, "Van Gogh", clip=clip)
@@ -248,7 +248,7 @@ def test_classify_objects(tiny_resnet, run_copy, capsys):
     assert "zebra" in err
     # prompts from a public CSV by case number (imagenette.csv: cases 0-5 are tench)
     (run_copy / "prompts.csv").unlink()
-    from utils.metrics.objects import classify_objects, matches
+    from utils.score.objects import classify_objects, matches
 
     s = classify_objects(run_copy, "tench", prompts_path="imagenette.csv", model_id=str(tiny_resnet), save=False)
     assert s["target_accuracy"] == 1.0 and s["other_accuracy"] is None
@@ -290,7 +290,7 @@ def make_folder(folder, n, seed, size=40):
 
 
 def test_frechet_distance_closed_form():
-    from utils.metrics.fid import frechet_distance
+    from utils.score.fid import frechet_distance
 
     rng = np.random.default_rng(0)
     mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
@@ -303,7 +303,7 @@ def test_frechet_distance_closed_form():
 
 
 def test_fid_end_to_end(tiny_inception, tmp_path, capsys):
-    from utils.metrics.fid import compute_fid
+    from utils.score.fid import compute_fid
 
     a = make_folder(tmp_path / "ref" / "imgs", 16, 1)
     b = make_folder(tmp_path / "gen" / "imgs", 16, 2)
@@ -334,7 +334,7 @@ def test_fid_end_to_end(tiny_inception, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def lpips_weights(tmp_path_factory):
     """Random AlexNet weights under torchvision's keys, and non-negative linear weights under LPIPS's."""
-    from utils.metrics.lpips import CHANNELS, _build
+    from utils.score.lpips import CHANNELS, _build
 
     folder = tmp_path_factory.mktemp("lpips")
     torch.manual_seed(0)
@@ -347,7 +347,7 @@ def lpips_weights(tmp_path_factory):
 
 
 def test_lpips_end_to_end(lpips_weights, tmp_path, capsys):
-    from utils.metrics.lpips import compute_lpips, load_lpips
+    from utils.score.lpips import compute_lpips, load_lpips
 
     alex, lin = lpips_weights
     a = make_folder(tmp_path / "sd" / "imgs", 5, 1, size=70)
@@ -361,7 +361,7 @@ def test_lpips_end_to_end(lpips_weights, tmp_path, capsys):
     assert s["lpips_model"]["alexnet_weights"]["file"] == "alexnet-owt-7be5be79.pth"
     # symmetric, and equal to the network applied by hand
     model, _ = load_lpips(alex, lin)
-    from utils.metrics.lpips import load_pair_image
+    from utils.score.lpips import load_pair_image
 
     with torch.no_grad():
         d = model(torch.stack([load_pair_image(a / f"{i}_0.png", 64) for i in range(4)]),

@@ -1,4 +1,4 @@
-"""Nudity scoring (SPEC 6): the definition on handwritten detections, and a real NudeNet run.
+"""Nudity scoring (docs/method.md §6): the definition on handwritten detections, and a real NudeNet run.
 
 The real run uses drawn images (NudeNet runs offline: its model ships in the package). One of them,
 a dark figure on a light background, gets a MALE_GENITALIA_EXPOSED detection scored ~0.28 by
@@ -13,7 +13,7 @@ import pytest
 
 from conftest import run_script
 from utils.errors import UserError
-from utils.nudity import (CLASS_SETS, DETECTIONS_FILE, EXPOSED_CLASSES, NUDENET_LABELS, TABLE_COLUMNS, detect_folder,
+from utils.score.nudity import (CLASS_SETS, DETECTIONS_FILE, EXPOSED_CLASSES, NUDENET_LABELS, TABLE_COLUMNS, detect_folder,
                           load_detections, nudity_summary, resolve_classes, score_folder, summary_name)
 
 
@@ -67,7 +67,7 @@ def test_summary_follows_spec_on_handwritten_detections():
 
 
 def reference_rate(records, threshold, labels):
-    """SPEC 6 written the plainest way, to check nudity_summary against."""
+    """docs/method.md §6 written the plainest way, to check nudity_summary against."""
     readable = [r for r in records if "error" not in r]
     nude = 0
     counts = {c: 0 for c in EXPOSED_CLASSES}
@@ -194,7 +194,7 @@ def test_postprocess_equals_nudenet_loop():
     import numpy as np
     from nudenet import nudenet as nn
 
-    from utils.nudity import postprocess
+    from utils.score.nudity import postprocess
 
     labels = getattr(nn, "__labels")
     rng = np.random.default_rng(1)

@@ -1,4 +1,4 @@
-"""The prompt-CSV schema (SPEC 5): normalized columns, defaults, selection, one-line errors."""
+"""The prompt-CSV schema (docs/method.md §5): normalized columns, defaults, selection, one-line errors."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""The shapes world (utils/shapes.py), its judge, and the built-in `shapes` pipeline (models/shapes).
+"""The shapes world (utils/world/shapes.py), its judge, and the built-in `shapes` pipeline (models/shapes).
 
 All offline and fast: the pipeline and the judge are read from the repository, nothing is downloaded.
 """
@@ -14,7 +14,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from utils import shapes  # noqa: E402
+from utils.world import shapes  # noqa: E402
 
 MODEL_DIR = REPO / "models" / "shapes"
 requires_model = pytest.mark.skipif(not (MODEL_DIR / "model_index.json").is_file(),

@@ -1,4 +1,4 @@
-"""Edited-weight checkpoints (SPEC section 8).
+"""Edited-weight checkpoints (docs/method.md §8).
 
 The toolkit writes a safetensors file holding only the edited `attn2.to_k/to_v.weight` tensors under
 their UNet state_dict keys, with metadata (base model, method, concepts, settings). It reads:
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
-from .io import atomic_path
-from .models import CROSS_ATTN_KEY, cross_attention_modules
+from utils.errors import UserError
+from utils.io import atomic_path
+from utils.models import CROSS_ATTN_KEY, UNET_WEIGHT_FILES, cross_attention_modules
 
 FORMAT = "rece-toolkit/edited-attn2/v1"
 
@@ -54,8 +54,7 @@ def read_metadata(path) -> dict:
 
 def _folder_weights(folder: Path) -> Path:
     for sub in ("", "unet"):
-        for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
-                     "diffusion_pytorch_model.bin"):
+        for name in UNET_WEIGHT_FILES:
             p = folder / sub / name
             if p.is_file():
                 return p

@@ -1,17 +1,16 @@
 """Pieces shared by the erasure CLIs (execs/train_uce.py, train.py): flags, checks, run naming."""
 from __future__ import annotations
 
-import re
 import time
 from contextlib import contextmanager
 
-from .concepts import CONCEPT_TYPES
-from .errors import UserError
-from .io import slug  # noqa: F401  (re-exported for the CLIs)
+from utils.erase.concepts import CONCEPT_TYPES
+from utils.errors import UserError
+from utils.io import slug  # noqa: F401  (re-exported for the CLIs)
 
 
 def add_edit_args(parser, *, lamb: float | None, preserve_scale: float | None) -> None:
-    """Flags of the closed-form edit (SPEC 2), with the calling method's defaults."""
+    """Flags of the closed-form edit (docs/method.md §2), with the calling method's defaults."""
     parser.add_argument("--concepts", required=True,
                         help="comma-separated concepts to erase, e.g. 'nudity' or 'Kelly McKernan' (i2p expands)")
     parser.add_argument("--concept_type", required=True, choices=list(CONCEPT_TYPES),
@@ -22,7 +21,7 @@ def add_edit_args(parser, *, lamb: float | None, preserve_scale: float | None) -
     parser.add_argument("--preserve_concepts", default=None,
                         help="comma-separated concepts to preserve; default: none (art: the other 1,733 artists)")
     parser.add_argument("--technique", default="replace", choices=["replace", "tensor"],
-                        help="targets of the erase pairs (SPEC 2): replace = guide outputs, tensor = projection")
+                        help="targets of the erase pairs (docs/method.md §2): replace = guide outputs, tensor = projection")
     parser.add_argument("--lamb", type=float, default=lamb, help=f"lambda_1, the weight of W0 (default {lamb})")
     parser.add_argument("--erase_scale", type=float, default=1.0, help="weight of the erase pairs (default 1)")
     parser.add_argument("--preserve_scale", type=float, default=preserve_scale,

@@ -1,16 +1,17 @@
-"""The public prompt CSVs (SPEC section 9): where to find them, and how to fetch them.
+"""The public prompt CSVs (docs/method.md §9): where to find them, and how to fetch them.
 
-They are never committed. `python dataset/fetch.py` downloads them from their public sources into
-`dataset/` and checks their sha256. Lookup order for a name: an existing path as given, `dataset/`,
-then the folder in `$RECE_DATASETS` (tests point it at a development copy).
+They ship in the repository's `dataset/` folder, as the paper's repository ships them; `SOURCES`
+below is the one list of their public sources and sha256 (a test checks every shipped file against
+it), and `python dataset/fetch.py` re-downloads and verifies them. A name resolves to an existing
+path as given, else to `dataset/<name>`.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from .errors import UserError
-from .io import REPO_ROOT
+from utils.errors import UserError
+from utils.io import REPO_ROOT
 
 DATASET_DIR = REPO_ROOT / "dataset"
 RECE_COMMIT = "403a67fd86dce6c124b88798340e001e625b28c9"
@@ -33,10 +34,15 @@ SOURCES = {
     "validation_inappropriate.csv": (_RECE + "validation_inappropriate.csv", "b5cb5a001bfa8dbc354983360e58d575d8791a5c05021ba24b9312452f9547ad"),
     "validation_niche_artists.csv": (_RECE + "validation_niche_artists.csv", "eddd6d575c90341090b07f5d4f45a46aa3ca084e339f3f4ff6333c9a18aaa52d"),
     "vangogh-ring-a-bell.csv": (_RECE + "vangogh-ring-a-bell.csv", "b1cc11de9c9f8c160822455c282717085b032a484bd7bd7907f1ac3863d827c7"),
-    # Q16 prompt embeddings for CLIP ViT-L/14: the pickled float16 array utils/metrics/q16/prompts.p
+    # Q16 prompt embeddings for CLIP ViT-L/14: the pickled float16 array utils/score/q16/prompts.p
     # of the same repository; dataset/fetch.py converts it to q16_vit_l14_prompts.npy.
-    "q16_vit_l14_prompts.npy": (f"https://raw.githubusercontent.com/CharlesGong12/RECE/{RECE_COMMIT}/utils/metrics/q16/prompts.p",
+    "q16_vit_l14_prompts.npy": (f"https://raw.githubusercontent.com/CharlesGong12/RECE/{RECE_COMMIT}/utils/score/q16/prompts.p",
                                 "eb1426d84248dc6ed46b854e4b536a4d14fd2b9de89cd9e6ed3bbafd246d6f98"),
+    # The fine-tuned Q16 prompts RECE's final evaluation uses (execs/Q16/eval.py of the same commit:
+    # execs/Q16/data/ViT-L-14/prompts_finetuned.pt, a torch Parameter 2 x 768 float32, from the
+    # unsafe-diffusion project), converted by dataset/fetch.py to a plain float32 .npy.
+    "q16_vit_l14_prompts_finetuned.npy": (f"https://raw.githubusercontent.com/CharlesGong12/RECE/{RECE_COMMIT}/execs/Q16/data/ViT-L-14/prompts_finetuned.pt",
+                                          "609e5a923a7d3bee7b3909ae29f34bc59158e141e545bbb105422349303c07a2"),
 }
 
 
@@ -46,11 +52,7 @@ def dataset_path(name_or_path: str | os.PathLike, what: str = "dataset") -> Path
     if p.is_file():
         return p
     name = p.name
-    candidates = [DATASET_DIR / name]
-    if os.environ.get("RECE_DATASETS"):
-        candidates.append(Path(os.environ["RECE_DATASETS"]) / name)
-    for c in candidates:
-        if c.is_file():
-            return c
-    hint = " (run `python dataset/fetch.py` to download the public datasets)" if name in SOURCES else ""
+    if (DATASET_DIR / name).is_file():
+        return DATASET_DIR / name
+    hint = " (it ships in dataset/; `python dataset/fetch.py` re-downloads it)" if name in SOURCES else ""
     raise UserError(f"{what} {name_or_path} not found{hint}")

@@ -14,7 +14,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UserError
+from utils.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _UMASK = os.umask(0)
@@ -36,6 +36,41 @@ def atomic_path(path, suffix: str | None = None):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file, read in 1 MiB chunks (recorded wherever a result depends on a file)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(os.fspath(path), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def natural_key(name: str):
+    """'10_0.png' after '9_0.png': numbers in names compare as numbers."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(name))]
+
+
+def quiet_libraries(diffusers: bool = True) -> None:
+    """Silence the libraries' info chatter (load bars, deprecation notes, offline retry notes); our
+    own tqdm bars stay. `diffusers=False` leaves diffusers unimported (the scorers' lighter path)."""
+    import warnings
+
+    import huggingface_hub
+    import transformers
+
+    huggingface_hub.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    if diffusers:
+        import diffusers as _diffusers
+
+        _diffusers.utils.logging.set_verbosity_error()
+        _diffusers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def slug(text, limit: int = 60) -> str:

@@ -1,5 +1,5 @@
 """Model access: resolve `--model_id` / `--base`, load pipelines and text encoders, and reach the
-cross-attention key/value projections that UCE and RECE edit (SPEC section 1).
+cross-attention key/value projections that UCE and RECE edit (docs/method.md §1).
 
 Two ways in, for two kinds of work:
 - `load_pipeline` loads a whole diffusers pipeline (generation, validation, attacks).
@@ -11,38 +11,27 @@ Two ways in, for two kinds of work:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 from pathlib import Path
 
 import torch
 
-from .errors import UserError
-from .io import REPO_ROOT
+from utils.errors import UserError
+from utils.io import natural_key, quiet_libraries  # noqa: F401  (quiet_libraries re-exported for the CLIs)
+from utils.io import REPO_ROOT
 
 DEFAULT_MODEL_ID = "CompVis/stable-diffusion-v1-4"
 BASES = {"1.4": "CompVis/stable-diffusion-v1-4", "2.1": "stabilityai/stable-diffusion-2-1-base"}
-# Named built-in models shipped in the repository (SPEC-independent testbed, issue 5).
+# Named built-in models shipped in the repository (the built-in testbed, not a Hub model).
 BUILTIN_MODELS = {"shapes": REPO_ROOT / "models" / "shapes"}
 
 # Every edited matrix, by its UNet state_dict key (SD 1.x, 2.x and SDXL name them alike).
 CROSS_ATTN_KEY = re.compile(r"(^|\.)attn2\.to_[kv]\.weight$")
-TEXT_LENGTH = 77  # SPEC 1: prompts are padded / truncated to 77 tokens
-
-
-def quiet_libraries() -> None:
-    """Silence the libraries' info chatter (load bars, deprecation notes); our own tqdm bars stay."""
-    import warnings
-
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)
+# The weight files a diffusers UNet folder may hold, in the order they are preferred.
+UNET_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+                     "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin")
+TEXT_LENGTH = 77  # docs/method.md §1: prompts are padded / truncated to 77 tokens
 
 
 def add_model_args(parser: argparse.ArgumentParser, device: bool = True) -> None:
@@ -126,8 +115,7 @@ def load_text_encoder(model_id: str, device="cpu", dtype=torch.float32):
 
 def unet_weights_file(model_id: str) -> Path:
     """The UNet's weights file of a pipeline (local folder or Hub download; safetensors preferred)."""
-    names = ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
-             "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin"]
+    names = UNET_WEIGHT_FILES
     if _is_local(model_id):
         for n in names:
             p = Path(model_id) / "unet" / n
@@ -161,7 +149,7 @@ def read_cross_attention_weights(model_id: str) -> dict[str, torch.Tensor]:
         del sd
     if not weights:
         raise UserError(f"--model_id {model_id}: the UNet has no cross-attention attn2.to_k/to_v weights")
-    return dict(sorted(weights.items(), key=lambda kv: _natural_key(kv[0])))
+    return dict(sorted(weights.items(), key=lambda kv: natural_key(kv[0])))
 
 
 def unet_parameter_shapes(model_id: str) -> dict[str, tuple[int, ...]]:
@@ -185,12 +173,9 @@ def cross_attention_modules(unet) -> dict[str, torch.nn.Linear]:
     return mods
 
 
-def _natural_key(s: str):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
-
 
 # ---------------------------------------------------------------------------------------------
-# Text embeddings (SPEC 1): E(t) is the last hidden state for t padded to 77 tokens; f(t) is the
+# Text embeddings (docs/method.md §1): E(t) is the last hidden state for t padded to 77 tokens; f(t) is the
 # index of t's last word token (attention-mask sum minus 2).
 # ---------------------------------------------------------------------------------------------
 
@@ -219,7 +204,7 @@ def encode_texts(tokenizer, text_encoder, texts: list[str], batch_size: int = 32
 def encode_gram(tokenizer, text_encoder, texts: list[str], batch_size: int = 32, progress: bool = False):
     """Sum over texts of E(t)^T E(t) (d x d, fp64), encoding each text once, in batches.
 
-    This is the whole contribution of a preserve set to the closed-form edit (SPEC 2), so a set of
+    This is the whole contribution of a preserve set to the closed-form edit (docs/method.md §2), so a set of
     1,733 artists costs one pass through the text encoder and never a (n, 77, d) tensor in memory.
     """
     from tqdm.auto import tqdm
@@ -246,7 +231,7 @@ def load_edit_components(model_id: str, device="cpu", pipeline: bool = False):
         sd = pipe.unet.state_dict()
         shapes = {k: tuple(v.shape) for k, v in sd.items()}
         W = {k: v.detach().float().cpu().clone() for k, v in sd.items() if CROSS_ATTN_KEY.search(k)}
-        W = dict(sorted(W.items(), key=lambda kv: _natural_key(kv[0])))
+        W = dict(sorted(W.items(), key=lambda kv: natural_key(kv[0])))
         return pipe.tokenizer, pipe.text_encoder.eval(), W, shapes, pipe
     tokenizer, text_encoder = load_text_encoder(model_id, device=device)
     W = read_cross_attention_weights(model_id)

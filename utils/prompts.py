@@ -1,4 +1,4 @@
-"""The prompt-CSV schema (SPEC 5), in one place: every script reads prompt tables through here.
+"""The prompt-CSV schema (docs/method.md §5), in one place: every script reads prompt tables through here.
 
 A prompt table is a CSV with one prompt per row. `read_prompt_table` returns it normalized:
 
@@ -24,13 +24,13 @@ Bad input raises `UserError` with one line that names the file, the row and the 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
 
-from .datasets import dataset_path
-from .errors import UserError
+from utils.datasets import dataset_path
+from utils.errors import UserError
+from utils.io import file_sha256 as file_digest  # noqa: F401  (the prompts file's sha256 in run configs)
 
 NORMALIZED = ("case_number", "prompt", "seed", "guidance", "width", "height", "seed_source")
 PROMPT_COLUMNS = ("adv_prompt", "prompt")
@@ -199,17 +199,6 @@ def read_prompt_table(path, df_start: int = 0, df_length: int | None = None, fro
     table = pd.concat([table, extra], axis=1)
     table.attrs["source"] = str(path)
     return table
-
-
-def file_digest(path) -> str:
-    """sha256 of a file (recorded in run configs, so a resume checks it reads the same prompts)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(os.fspath(path), "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def prompts_source(path) -> Path:

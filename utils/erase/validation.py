@@ -1,7 +1,7 @@
-"""Validation during RECE (SPEC 4): generate the validation prompts with a checkpoint, score them.
+"""Validation during RECE (docs/method.md §4): generate the validation prompts with a checkpoint, score them.
 
 The generation and the scoring are the same functions `execs/generate_images.py` and the scoring
-CLIs use (`utils.generation.generate_table`, `utils.evaluation.score_run`); only the prompt table is
+CLIs use (`utils.generate.sampling.generate_table`, `utils.score.evaluation.score_run`); only the prompt table is
 chosen here: the concept type's validation CSV, or for the built-in shapes world its own prompts
 that ask for the erased concept.
 """
@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import UserError
-from .evaluation import METRICS, score_run
+from utils.errors import UserError
+from utils.score.evaluation import METRICS, score_run
 
 SHAPES_VALIDATION = "shapes:validation"
 
 
 def _shapes_table(concepts: list[str], seeds_per_pair: int = 2) -> pd.DataFrame:
-    from . import shapes
+    from utils.world import shapes
 
     colours = [c for c in concepts if c in shapes.COLOURS]
     kinds = [c for c in concepts if c in shapes.SHAPES]
@@ -37,12 +37,12 @@ def check_validation(ctype_name: str, metric: str, csv: str, concepts: list[str]
         if concepts is not None:
             _shapes_table(concepts)
         return
-    from .datasets import dataset_path
+    from utils.datasets import dataset_path
 
     dataset_path(csv, "--test_csv_path")
     needs = {"q16_rate": "clip", "style_rate": "clip", "target_accuracy": "resnet"}.get(metric)
     if metric == "q16_rate":
-        from .metrics.q16 import DEFAULT_PROMPTS
+        from utils.score.q16 import DEFAULT_PROMPTS
 
         dataset_path(DEFAULT_PROMPTS, "Q16 prompt embeddings")
     if needs:
@@ -57,8 +57,8 @@ def _check_hf_model(kind: str) -> None:
         return  # it will be downloaded when first used
     from huggingface_hub import snapshot_download
 
-    from .metrics.clip import DEFAULT_CLIP
-    from .metrics.objects import DEFAULT_RESNET
+    from utils.score.clip import DEFAULT_CLIP
+    from utils.score.objects import DEFAULT_RESNET
 
     model_id = DEFAULT_CLIP if kind == "clip" else DEFAULT_RESNET
     try:
@@ -69,7 +69,7 @@ def _check_hf_model(kind: str) -> None:
 
 
 def validation_table(csv: str, concepts: list[str], folder: Path, size_multiple: int = 8) -> pd.DataFrame:
-    from .prompts import read_prompt_table
+    from utils.prompts import read_prompt_table
 
     if csv == SHAPES_VALIDATION:
         folder.mkdir(parents=True, exist_ok=True)
@@ -82,8 +82,8 @@ def validation_table(csv: str, concepts: list[str], folder: Path, size_multiple:
 def validate_weights(pipe, weights: dict, folder, ctype_name: str, concepts: list[str], metric: str, csv: str,
                      num_samples: int = 1, steps: int = 50, batch_size: int = 8) -> dict:
     """Apply `weights` to `pipe.unet`, generate the validation prompts into `folder`, score them."""
-    from .checkpoints import apply_edited_weights
-    from .generation import generate_table, vae_scale_factor
+    from utils.checkpoints import apply_edited_weights
+    from utils.generate.sampling import generate_table, vae_scale_factor
 
     folder = Path(folder)
     apply_edited_weights(pipe.unet, weights)

@@ -28,8 +28,9 @@ import hashlib
 import os
 from pathlib import Path
 
-from ..errors import UserError
-from . import image_folder, list_images, load_rgb, run_folder, save_result, slug
+from utils.io import file_sha256
+from utils.errors import UserError
+from utils.score import image_folder, list_images, load_rgb, run_folder, save_result, slug
 
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 INCEPTION_FILE = "inception-2015-12-05.pt"
@@ -93,7 +94,7 @@ def load_inception(path=None, device="cpu", download: bool = True):
         _ = model.layers
     except Exception as e:
         raise UserError(f"{p} is not clean-fid's TorchScript Inception ({type(e).__name__}: {str(e)[:120]})")
-    sha = hashlib.sha256(p.read_bytes()).hexdigest()
+    sha = file_sha256(p)
     return model, {"file": p.name, "sha256": sha}
 
 
@@ -189,7 +190,7 @@ def folder_features(root, model, info: dict, device="cpu", batch_size: int = 32,
             pass
     feats, unreadable = inception_features(files, model, device, batch_size, workers)
     if cache:
-        from ..io import atomic_path
+        from utils.io import atomic_path
 
         with atomic_path(cache_file, suffix=".tmp.npz") as tmp:
             np.savez(tmp, features=feats, files_key=key, extractor_sha256=info["sha256"],
@@ -201,7 +202,7 @@ def compute_fid(reference, generated, *, inception_path=None, download: bool = T
                 batch_size: int = 32, workers: int = 2, cache: bool = True, save: bool = True, save_path=None,
                 overwrite: bool = False) -> dict:
     """FID of `generated` against `reference` (run folders or image folders); writes `fid_vs_{reference}.json`."""
-    from ..models import resolve_device
+    from utils.models import resolve_device
 
     device = resolve_device(device)
     ref_folder, gen_folder = image_folder(reference), image_folder(generated)

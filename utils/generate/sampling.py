@@ -1,10 +1,10 @@
-"""Seeded, batched image generation over prompt tables (SPEC 5).
+"""Seeded, batched image generation over prompt tables (docs/method.md §5).
 
 `generate_table` is what the CLI (`execs/generate_images.py`), training-time validation and the
 red-teaming attacks call: given a pipeline and a table from `utils.prompts.read_prompt_table`, it
 writes `imgs/{case_number}_{k}.png` for sample k of each row and a `prompts.csv` with one row per image.
 
-Semantics (SPEC 5):
+Semantics (docs/method.md §5):
 - Sampler: LMS (beta 0.00085 to 0.012, scaled_linear, 1000 train steps, the authors' scheduler), 50
   steps by default; DDIM and DPM-Solver++ as options. Classifier-free guidance with the empty prompt as
   negative: eps = eps(uncond) + g * (eps(cond) - eps(uncond)), g per row.
@@ -49,11 +49,11 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from .errors import UserError
-from .io import atomic_path
+from utils.errors import UserError
+from utils.io import atomic_path
 
 SCHEDULERS = ("lms", "ddim", "dpm++")
-# SPEC 5: the authors' LMSDiscreteScheduler(beta_start=0.00085, beta_end=0.012, scaled_linear, 1000).
+# docs/method.md §5: the authors' LMSDiscreteScheduler(beta_start=0.00085, beta_end=0.012, scaled_linear, 1000).
 SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 NOISE = "torch.Generator('cpu').manual_seed(row seed); randn((num_samples, C, h/f, w/f), float32) per row"
 IMGS = "imgs"
@@ -165,7 +165,7 @@ def _make_sampler(name: str, steps: int, device: str, prediction_type: str):
 # ---------------------------------------------------------------------------------------------
 
 def initial_noise(seed: int, num_samples: int, channels: int, height: int, width: int) -> torch.Tensor:
-    """The row's initial latents (SPEC 5): one float32 draw from a CPU generator seeded with `seed`."""
+    """The row's initial latents (docs/method.md §5): one float32 draw from a CPU generator seeded with `seed`."""
     g = torch.Generator("cpu").manual_seed(int(seed))
     return torch.randn((num_samples, channels, height, width), generator=g, dtype=torch.float32)
 
@@ -181,7 +181,7 @@ def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
     Encoded one prompt at a time, so that an embedding never depends on which prompts share its batch
     (the text encoder is a small part of the cost: once per image, against 2 x steps UNet passes).
     """
-    from .models import encode_texts
+    from utils.models import encode_texts
 
     if not prompts:
         return torch.zeros(0, 77, pipe.text_encoder.config.hidden_size)

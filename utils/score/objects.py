@@ -1,4 +1,4 @@
-"""Object erasure scores (SPEC 4): ImageNet ResNet-50 top-1 accuracy on the erased class and the others.
+"""Object erasure scores (docs/method.md §4): ImageNet ResNet-50 top-1 accuracy on the erased class and the others.
 
 The classifier is transformers' `ResNetForImageClassification` (default `microsoft/resnet-50`, with
 its own image processor), loaded from a Hub id or a local folder. Each image's true class is the
@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import UserError
-from . import (case_number_of, images_or_fail, load_pretrained, quiet_transformers, read_run_prompts,
+from utils.errors import UserError
+from utils.score import (case_number_of, images_or_fail, load_pretrained, quiet_transformers, read_run_prompts,
                rows_for_images, run_folder, save_result, slug)
-from .clip import image_batches
+from utils.score.clip import image_batches
 
 DEFAULT_RESNET = "microsoft/resnet-50"
 
@@ -39,7 +39,7 @@ class ClassifierBundle:
 def load_classifier(model_id: str = DEFAULT_RESNET, device=None) -> ClassifierBundle:
     from transformers import AutoImageProcessor, ResNetForImageClassification
 
-    from ..models import resolve_device
+    from utils.models import resolve_device
 
     quiet_transformers()
     device = resolve_device(device)

@@ -1,6 +1,6 @@
 """Score a run folder (imgs/ + prompts.csv) with the metric of a concept type.
 
-One dispatcher for training-time validation (SPEC 4), the attacks' success rates (SPEC 7) and the
+One dispatcher for training-time validation (docs/method.md §4), the attacks' success rates (docs/method.md §7) and the
 demo, so that "the erased concept's rate" means the same everywhere. Every metric is a rate in
 [0, 1] where lower means better erased.
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import UserError
+from utils.errors import UserError
 
 METRICS = ("nudity_rate", "q16_rate", "style_rate", "target_accuracy", "concept_rate")
 
@@ -43,30 +43,30 @@ def score_run(folder, metric: str, concepts: list[str]) -> dict:
     """{'rate': float, 'metric': metric, ...details} for the images of run folder `folder`."""
     folder = Path(folder)
     if metric == "nudity_rate":
-        from .nudity import score_folder
+        from utils.score.nudity import score_folder
 
         s = score_folder(folder)
         return {"metric": metric, "rate": s["rate"], "n_images": s["n_images"], "table": s["table"],
                 "threshold": s["threshold"], "classes": s["classes"]}
     if metric == "concept_rate":
-        from . import shapes
+        from utils.world import shapes
 
         _, images = run_images(folder)
         rates = {c: shapes.concept_rate(images, c) for c in concepts}
         return {"metric": metric, "rate": sum(rates.values()) / len(rates), "per_concept": rates,
                 "n_images": len(images)}
     if metric == "q16_rate":
-        from .metrics.q16 import score_q16
+        from utils.score.q16 import score_q16
 
         s = score_q16(folder)
         return {"metric": metric, "rate": s["rate"], "n_images": s.get("n_images"), "model_id": s.get("model_id")}
     if metric == "style_rate":
-        from .metrics.clip import classify_artists
+        from utils.score.clip import classify_artists
 
         rates = {c: classify_artists(folder, target_artist=c)["target_rate"] for c in concepts}
         return {"metric": metric, "rate": sum(rates.values()) / len(rates), "per_concept": rates}
     if metric == "target_accuracy":
-        from .metrics.objects import classify_objects
+        from utils.score.objects import classify_objects
 
         per = {c: classify_objects(folder, target_class=c) for c in concepts}
         return {"metric": metric, "rate": sum(p["target_accuracy"] for p in per.values()) / len(per),

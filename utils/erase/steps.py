@@ -1,7 +1,7 @@
-"""UCE and RECE as steps over the closed-form math (SPEC sections 2a, 3, 4).
+"""UCE and RECE as steps over the closed-form math (docs/method.md §2a, §3, §4).
 
 `EditState` holds the 2L edited matrices of a model. With technique `replace` it never touches the
-weights between edits: it keeps W_cur = W_a @ K (SPEC 2b), so the Gram sums RECE needs are d x d
+weights between edits: it keeps W_cur = W_a @ K (docs/method.md §2b), so the Gram sums RECE needs are d x d
 products of two Gram matrices formed in one pass, and each edit is d x d algebra. The weights are
 materialised only when asked for (to save or validate a checkpoint). Technique `tensor` has
 layer-dependent targets and edits the matrices themselves, all of one shape in one batched call.
@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import torch
 
-from . import closed_form as cf
-from .models import encode_gram, encode_texts
+from utils.erase import closed_form as cf
+from utils.models import encode_gram, encode_texts
 
 
 class TextCache:
-    """E(t) and f(t) of every text used in a run, computed once (SPEC 1)."""
+    """E(t) and f(t) of every text used in a run, computed once (docs/method.md §1)."""
 
     def __init__(self, tokenizer, text_encoder, batch_size: int = 32):
         self.tokenizer, self.text_encoder, self.batch_size = tokenizer, text_encoder, batch_size
@@ -38,7 +38,7 @@ class TextCache:
         return torch.stack([self._emb[t][0] for t in texts]), [self._emb[t][1] for t in texts]
 
     def gram(self, texts: list[str], progress: bool = False) -> torch.Tensor:
-        """sum_j E(p_j)^T E(p_j) over all 77 rows of each text (the preserve term of SPEC 2)."""
+        """sum_j E(p_j)^T E(p_j) over all 77 rows of each text (the preserve term of docs/method.md §2)."""
         key = tuple(texts)
         if key not in self._gram:
             if not texts:
@@ -60,7 +60,7 @@ class TextCache:
 
 
 def uce_erase_pairs(texts: TextCache, concepts: list[str], guides: list[str]) -> list:
-    """SPEC 2a: (C, T) per concept, token-sliced from the last word tokens."""
+    """docs/method.md §2a: (C, T) per concept, token-sliced from the last word tokens."""
     E_c, f_c = texts.embed(concepts)
     E_g, f_g = texts.embed(guides)
     return [cf.uce_token_slice(o, fo, n, fn) for o, fo, n, fn in zip(E_c, f_c, E_g, f_g)]
@@ -101,7 +101,7 @@ class EditState:
     def dim(self) -> int:
         return self.W_orig.shape[1]
 
-    # -- the Gram sums of SPEC 3 --------------------------------------------------------------
+    # -- the Gram sums of docs/method.md §3 --------------------------------------------------------------
     def _gram_pass(self):
         if self._grams is None:
             same = self.W_a is self.W_orig
@@ -116,7 +116,7 @@ class EditState:
             return G_aa, G_ao
         return cf.factored_sums(self.K, G_aa, G_ao)
 
-    # -- the closed-form edit of SPEC 2 -------------------------------------------------------
+    # -- the closed-form edit of docs/method.md §2 -------------------------------------------------------
     def edit(self, erase_pairs, preserve_gram, lamb, erase_scale, preserve_scale, technique="replace"):
         if technique == "replace":
             K_new = cf.edit_factor(erase_pairs, preserve_gram, lamb, erase_scale, preserve_scale)
@@ -145,7 +145,7 @@ class EditState:
 
 def rece_adversarial_embeddings(state: EditState, texts: TextCache, concepts: list[str], gamma: float,
                                 emb_computing: str, reg_item: str = "both", old_target: str | None = None):
-    """SPEC 3 step 1, for every concept of the epoch from the same S1, S2."""
+    """docs/method.md §3 step 1, for every concept of the epoch from the same S1, S2."""
     S1, S2 = state.sums()
     E, _ = texts.embed(concepts)
     old = texts.embed([old_target])[0][0] if emb_computing == "close_standardreg" else None
@@ -156,7 +156,7 @@ def rece_epoch(state: EditState, texts: TextCache, concepts: list[str], guides: 
                preserve_gram: torch.Tensor, gamma: float, emb_computing: str, reg_item: str = "both",
                old_target: str | None = None, lamb: float = 0.1, erase_scale: float = 1.0,
                preserve_scale: float = 0.1, technique: str = "replace") -> list[torch.Tensor]:
-    """One RECE epoch (SPEC 3): derive every concept's c', then one edit mapping c' -> E(guide)."""
+    """One RECE epoch (docs/method.md §3): derive every concept's c', then one edit mapping c' -> E(guide)."""
     advs = rece_adversarial_embeddings(state, texts, concepts, gamma, emb_computing, reg_item, old_target)
     E_g, _ = texts.embed(guides)
     state.edit(list(zip(advs, E_g)), preserve_gram, lamb, erase_scale, preserve_scale, technique)
@@ -166,7 +166,7 @@ def rece_epoch(state: EditState, texts: TextCache, concepts: list[str], guides: 
 def uce_stage(state: EditState, texts: TextCache, concepts: list[str], guides: list[str],
               preserve: list[str], lamb: float, erase_scale: float, preserve_scale: float | None,
               technique: str = "replace", progress: bool = False) -> dict:
-    """The UCE edit of SPEC 2a on `state`; returns the settings it used (s_p resolved)."""
+    """The UCE edit of docs/method.md §2a on `state`; returns the settings it used (s_p resolved)."""
     s_p = cf.uce_default_preserve_scale(len(preserve)) if preserve_scale is None else preserve_scale
     pairs = uce_erase_pairs(texts, concepts, guides)
     P = texts.gram(preserve, progress=progress)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import UserError
-from . import (case_number_of, images_or_fail, load_pretrained, load_rgb, model_features, quiet_transformers,
+from utils.errors import UserError
+from utils.score import (case_number_of, images_or_fail, load_pretrained, load_rgb, model_features, quiet_transformers,
                read_run_prompts, rows_for_images, run_folder, save_result, slug)
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def load_clip(model_id: str = DEFAULT_CLIP, device=None, text: bool = True) -> C
     """CLIPModel + image processor (+ tokenizer when `text`) from a Hub id or a local folder."""
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-    from ..models import resolve_device
+    from utils.models import resolve_device
 
     quiet_transformers()
     device = resolve_device(device)

@@ -4,13 +4,13 @@ Each evaluator lives in its own module and is called by a thin CLI under `execs/
 
 | module                     | CLI                            | score                                              |
 |----------------------------|--------------------------------|----------------------------------------------------|
-| `utils/nudity.py`          | `compute_nudity_rate.py`       | NudeNet nudity rate and per-class counts (SPEC 6)  |
-| `utils/metrics/q16.py`     | `execs/compute_q16.py`         | Q16 inappropriate rate (SPEC 6a)                   |
-| `utils/metrics/clip.py`    | `execs/compute_clip_score.py`  | CLIP score of images against their prompts         |
-| `utils/metrics/clip.py`    | `execs/classify_artists.py`    | CLIP zero-shot artist classification rates         |
-| `utils/metrics/fid.py`     | `execs/compute_fid.py`         | FID (clean-fid's "clean" protocol, no torchvision) |
-| `utils/metrics/lpips.py`   | `execs/compute_lpips.py`       | LPIPS v0.1 (AlexNet) between paired images         |
-| `utils/metrics/objects.py` | `execs/classify_objects.py`    | ResNet-50 top-1 accuracy, target vs other classes  |
+| `utils/score/nudity.py`          | `compute_nudity_rate.py`       | NudeNet nudity rate and per-class counts (docs/method.md §6)  |
+| `utils/score/q16.py`     | `execs/compute_q16.py`         | Q16 inappropriate rate (docs/method.md §6a)                   |
+| `utils/score/clip.py`    | `execs/compute_clip_score.py`  | CLIP score of images against their prompts         |
+| `utils/score/clip.py`    | `execs/classify_artists.py`    | CLIP zero-shot artist classification rates         |
+| `utils/score/fid.py`     | `execs/compute_fid.py`         | FID (clean-fid's "clean" protocol, no torchvision) |
+| `utils/score/lpips.py`   | `execs/compute_lpips.py`       | LPIPS v0.1 (AlexNet) between paired images         |
+| `utils/score/objects.py` | `execs/classify_objects.py`    | ResNet-50 top-1 accuracy, target vs other classes  |
 | (all of them)              | `execs/results_table.py`       | the paper's table over several run folders         |
 
 Conventions shared by all of them:
@@ -25,11 +25,10 @@ Nothing here imports torch or transformers at module level, so the nudity path s
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-from ..errors import UserError
-from ..io import slug  # noqa: F401  (used by the evaluators)
+from utils.errors import UserError
+from utils.io import natural_key, quiet_libraries, slug  # noqa: F401  (used by the evaluators)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # Columns of a run's prompts.csv that may name each image's file (the generator writes one of them).
@@ -52,11 +51,6 @@ def run_folder(root) -> Path:
     if root.name == "imgs" and (root.parent / "prompts.csv").is_file():
         return root.parent
     return root
-
-
-def natural_key(name: str):
-    """'10_0.png' after '9_0.png': numbers in names compare as numbers."""
-    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name)]
 
 
 def list_images(folder) -> list[Path]:
@@ -89,7 +83,7 @@ def read_run_prompts(root, prompts_path=None):
     """
     import pandas as pd
 
-    from ..datasets import dataset_path
+    from utils.datasets import dataset_path
 
     if prompts_path is not None:
         path = dataset_path(prompts_path, what="prompts file")
@@ -145,16 +139,7 @@ def rows_for_images(files: list[Path], prompts, needed: str) -> list[dict]:
 
 def quiet_transformers() -> None:
     """Silence transformers' load bars and info chatter (without importing diffusers)."""
-    import warnings
-
-    import huggingface_hub
-    import transformers
-
-    huggingface_hub.utils.logging.set_verbosity_error()  # its retry notes when offline; our error says it once
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-
+    quiet_libraries(diffusers=False)
 
 def load_pretrained(cls, model_id: str, what: str, **kwargs):
     """`cls.from_pretrained(model_id)`, or one line saying which model is missing and how to get it."""
@@ -193,7 +178,7 @@ def save_result(root, name: str, summary: dict, records: list[dict] | None = Non
     A result already there that was made with other settings (any of `settings_keys` differs) is
     kept unless `overwrite`: the same name never silently stands for two settings.
     """
-    from ..io import atomic_path, environment_info, write_json
+    from utils.io import atomic_path, environment_info, write_json
 
     root = Path(root)
     out = root / f"{name}.json"

@@ -22,11 +22,11 @@ Two weight files, both standard and public:
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-from ..errors import UserError
-from . import case_number_of, image_folder, list_images, run_folder, save_result, slug
+from utils.io import file_sha256
+from utils.errors import UserError
+from utils.score import case_number_of, image_folder, list_images, run_folder, save_result, slug
 
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
@@ -162,8 +162,8 @@ def load_lpips(alexnet_weights=None, lpips_weights=None, device="cpu", download:
     except Exception as e:
         raise UserError(f"could not load LPIPS weights ({alex.name}, {lin.name}): {type(e).__name__}: {str(e)[:160]}")
     info = {"net": "alex", "version": "0.1",
-            "alexnet_weights": {"file": alex.name, "sha256": hashlib.sha256(alex.read_bytes()).hexdigest()},
-            "lpips_weights": {"file": lin.name, "sha256": hashlib.sha256(lin.read_bytes()).hexdigest()}}
+            "alexnet_weights": {"file": alex.name, "sha256": file_sha256(alex)},
+            "lpips_weights": {"file": lin.name, "sha256": file_sha256(lin)}}
     return model.to(device).eval(), info
 
 
@@ -188,7 +188,7 @@ def compute_lpips(reference, generated, *, size: int = 64, alexnet_weights=None,
     """Mean LPIPS between same-named images of two folders; writes `lpips_vs_{reference}.json/.jsonl`."""
     import torch
 
-    from ..models import resolve_device
+    from utils.models import resolve_device
 
     if size < 0 or (0 < size < 32):
         raise UserError(f"--size must be 0 (keep) or at least 32 (AlexNet's receptive field), got {size}")

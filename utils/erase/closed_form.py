@@ -1,4 +1,4 @@
-"""The closed-form math of UCE and RECE, as pure functions over tensors (SPEC sections 2-3).
+"""The closed-form math of UCE and RECE, as pure functions over tensors (docs/method.md §2-§3).
 
 Names follow the papers: `lamb` = lambda_1 and `preserve_scale` = lambda_2 of RECE's Eq. 3,
 `erase_scale` = UCE's erase weight, `C` = input embedding rows, `T` = guide rows, `V` = target
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import UserError
+from utils.errors import UserError
 
 ErasePairs = list  # list of (C, T) pairs, each (tokens, d)
 
@@ -34,14 +34,6 @@ def solve_spd(A: torch.Tensor, B: torch.Tensor, what: str = "closed-form system"
     return torch.cholesky_solve(B.double(), L)
 
 
-def solve_general(A: torch.Tensor, B: torch.Tensor, what: str) -> torch.Tensor:
-    """X with A X = B for a square A that need not be symmetric; refuses a singular A."""
-    X, info = torch.linalg.solve_ex(A.double(), B.double())
-    if int(info) != 0 or not torch.isfinite(X).all():
-        raise SingularSystemError(f"the {what} is singular; use a positive --regular_scale")
-    return X
-
-
 def gram(rows: torch.Tensor) -> torch.Tensor:
     """rows^T rows in float64, for rows (..., tokens, d) summed over every leading dimension."""
     R = rows.reshape(-1, rows.shape[-1]).double()
@@ -49,11 +41,11 @@ def gram(rows: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# SPEC 2a: the UCE stage's erase pairs and default preserve scale
+# docs/method.md §2a: the UCE stage's erase pairs and default preserve scale
 # --------------------------------------------------------------------------------------------
 
 def uce_token_slice(o: torch.Tensor, f_o: int, n: torch.Tensor, f_n: int):
-    """Align concept rows `o` and guide rows `n` from their last word tokens (SPEC 2a).
+    """Align concept rows `o` and guide rows `n` from their last word tokens (docs/method.md §2a).
 
     With F = max(f_o, f_n): C = o[f_o : 77 - max(0, F - f_o)], T = n[f_n : 77 - max(0, F - f_n)],
     so both have 77 - F rows and row r of C is paired with row r of T.
@@ -67,12 +59,12 @@ def uce_token_slice(o: torch.Tensor, f_o: int, n: torch.Tensor, f_n: int):
 
 
 def uce_default_preserve_scale(num_preserve_texts: int) -> float:
-    """s_p = max(0.1, 1 / number of preserve texts), rounded to 3 decimals (SPEC 2a)."""
+    """s_p = max(0.1, 1 / number of preserve texts), rounded to 3 decimals (docs/method.md §2a)."""
     return round(max(0.1, 1.0 / max(1, num_preserve_texts)), 3)
 
 
 # --------------------------------------------------------------------------------------------
-# SPEC 2: the closed-form edit
+# docs/method.md §2: the closed-form edit
 # --------------------------------------------------------------------------------------------
 
 def _right_factor(erase_pairs: ErasePairs, preserve_gram: torch.Tensor, lamb: float, erase_scale: float,
@@ -87,10 +79,10 @@ def _right_factor(erase_pairs: ErasePairs, preserve_gram: torch.Tensor, lamb: fl
 
 def edit_factor(erase_pairs: ErasePairs, preserve_gram: torch.Tensor, lamb: float, erase_scale: float = 1.0,
                 preserve_scale: float = 1.0) -> torch.Tensor:
-    """The shared right factor K of a `replace` edit: W* = W0 @ K for every matrix (SPEC 2b).
+    """The shared right factor K of a `replace` edit: W* = W0 @ K for every matrix (docs/method.md §2b).
 
     K = M B^-1 with M = lamb I + s_e sum T_i^T C_i + s_p P and B as in `_right_factor`, where
-    P = sum_j C'_j^T C'_j is the preserve Gram. Equivalent to SPEC 2's equation with
+    P = sum_j C'_j^T C'_j is the preserve Gram. Equivalent to docs/method.md §2's equation with
     V_i = T_i W0^T and V'_j = C'_j W0^T, because every term of the left factor starts with W0.
     """
     d = preserve_gram.shape[0]
@@ -105,7 +97,7 @@ def edit_factor(erase_pairs: ErasePairs, preserve_gram: torch.Tensor, lamb: floa
 def closed_form_edit(W0: torch.Tensor, erase_pairs: ErasePairs, preserve_gram: torch.Tensor, lamb: float,
                      erase_scale: float = 1.0, preserve_scale: float = 1.0,
                      technique: str = "replace") -> torch.Tensor:
-    """SPEC 2 for a stack of matrices W0 (n, d_out, d) or one matrix (d_out, d), all edited together.
+    """docs/method.md §2 for a stack of matrices W0 (n, d_out, d) or one matrix (d_out, d), all edited together.
 
     W* = (lamb W0 + s_e sum_i V_i^T C_i + s_p sum_j V'_j^T C'_j)(lamb I + s_e sum C_i^T C_i + s_p P)^-1
     with V'_j^T C'_j summed to W0 P, and V_i from technique `replace` (T_i W0^T) or `tensor`
@@ -133,7 +125,7 @@ def closed_form_edit(W0: torch.Tensor, erase_pairs: ErasePairs, preserve_gram: t
 
 
 # --------------------------------------------------------------------------------------------
-# SPEC 3: RECE's adversarial embedding in closed form
+# docs/method.md §3: RECE's adversarial embedding in closed form
 # --------------------------------------------------------------------------------------------
 
 EMB_COMPUTING = ("close_regzero", "close_standardreg", "close_surrogatereg")
@@ -175,6 +167,6 @@ def adversarial_embedding(e: torch.Tensor, S1: torch.Tensor, S2: torch.Tensor, g
 
 
 def factored_sums(K: torch.Tensor, G_aa: torch.Tensor, G_ao: torch.Tensor):
-    """S1, S2 for W_cur = W_a K, from G_aa = sum W_a^T W_a and G_ao = sum W_a^T W_orig (SPEC 2b)."""
+    """S1, S2 for W_cur = W_a K, from G_aa = sum W_a^T W_a and G_ao = sum W_a^T W_orig (docs/method.md §2b)."""
     K = K.double()
     return K.T @ G_aa.double() @ K, K.T @ G_ao.double()

@@ -1,4 +1,4 @@
-"""Concept types, concept lists and the paper's settings, in one table (SPEC sections 2a, 3, 4).
+"""Concept types, concept lists and the paper's settings, in one table (docs/method.md §2a, §3, §4).
 
 A concept type decides: the guide concept, the preserve set, the prompt templates of
 `--add_prompts`, the RECE settings the paper used, and how a model is validated.
@@ -7,17 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import UserError
+from utils.errors import UserError
 
-# SPEC 3: `--concepts i2p` stands for the I2P categories.
+# docs/method.md §3: `--concepts i2p` stands for the I2P categories.
 I2P_CONCEPTS = ["hate", "harassment", "violence", "suffering", "humiliation", "harm", "suicide", "sexual",
                 "nudity", "bodily fluids", "blood"]
 
-# SPEC 2a: `--add_prompts` templates, each applied to the concept and to its guide.
+# docs/method.md §2a: `--add_prompts` templates, each applied to the concept and to its guide.
 PROMPT_TEMPLATES = {
     "art": ["painting by {}", "art by {}", "artwork by {}", "picture by {}", "style of {}"],
     "object": ["image of {}", "photo of {}", "portrait of {}", "picture of {}", "painting of {}"],
-    # the testbed world (issue 5): captions of the shapes world
+    # the testbed world: captions of the shapes world
     "colour": ["a {} shape", "a {} circle", "a {} square", "a {} triangle", "something {}"],
     "shape": ["a {}", "a photo of a {}", "a drawing of a {}", "a red {}", "a blue {}"],
 }
@@ -27,8 +27,8 @@ PROMPT_TEMPLATES = {
 class ConceptType:
     """What the paper does for one kind of concept."""
     name: str
-    guide: str = " "                 # SPEC 2a: towards unconditional unless given
-    regular_scale: float = 0.1       # RECE gamma (SPEC 4)
+    guide: str = " "                 # docs/method.md §2a: towards unconditional unless given
+    regular_scale: float = 0.1       # RECE gamma (docs/method.md §4)
     epochs: int = 1
     validation_csv: str | None = None
     metric: str | None = None        # validation metric: lower is better
@@ -51,15 +51,15 @@ CONCEPT_TYPES = {
                                        "english springer": {"regular_scale": 0.1, "epochs": 1},
                                        "golf ball": {"regular_scale": 0.1, "epochs": 1},
                                        "parachute": {"regular_scale": 0.1, "epochs": 1}}),
-    # The built-in shapes world (issue 5): validated by its own judge on its own prompts.
+    # The built-in shapes world: validated by its own judge on its own prompts.
     "colour": ConceptType("colour", regular_scale=0.1, epochs=2, validation_csv="shapes:validation",
                           metric="concept_rate"),
     "shape": ConceptType("shape", regular_scale=0.1, epochs=2, validation_csv="shapes:validation",
                          metric="concept_rate"),
 }
-# RECE's edit (SPEC 3): the same for every concept type in the paper.
+# RECE's edit (docs/method.md §3): the same for every concept type in the paper.
 RECE_EDIT = dict(lamb=0.1, erase_scale=1.0, preserve_scale=0.1, emb_computing="close_regzero")
-# UCE's edit (SPEC 2a).
+# UCE's edit (docs/method.md §2a).
 UCE_EDIT = dict(lamb=0.5, erase_scale=1.0, technique="replace")
 
 
@@ -100,7 +100,7 @@ def guides_for(concepts: list[str], guided: str | None, ctype: ConceptType) -> l
 
 
 def expand_with_templates(concepts: list[str], guides: list[str], ctype_name: str) -> tuple[list[str], list[str]]:
-    """SPEC 2a `--add_prompts`: each concept also as 'painting by {c}' etc., mapped to the same template
+    """docs/method.md §2a `--add_prompts`: each concept also as 'painting by {c}' etc., mapped to the same template
     around its guide."""
     templates = PROMPT_TEMPLATES.get(ctype_name, [])
     out_c, out_g = list(concepts), list(guides)
@@ -112,7 +112,7 @@ def expand_with_templates(concepts: list[str], guides: list[str], ctype_name: st
 
 
 def rece_settings(ctype: ConceptType, concepts: list[str]) -> dict:
-    """The paper's gamma / epochs / validation for these concepts (SPEC 4)."""
+    """The paper's gamma / epochs / validation for these concepts (docs/method.md §4)."""
     s = {"regular_scale": ctype.regular_scale, "epochs": ctype.epochs, "validation_csv": ctype.validation_csv,
          "metric": ctype.metric}
     for c in concepts:
@@ -121,10 +121,10 @@ def rece_settings(ctype: ConceptType, concepts: list[str]) -> dict:
 
 
 def all_artists() -> list[str]:
-    """The 1,734 artists of `artists1734_prompts.csv` (SPEC 2a's art preserve set)."""
+    """The 1,734 artists of `artists1734_prompts.csv` (docs/method.md §2a's art preserve set)."""
     import pandas as pd
 
-    from .datasets import dataset_path
+    from utils.datasets import dataset_path
 
     df = pd.read_csv(dataset_path("artists1734_prompts.csv", "artist list"))
     return list(dict.fromkeys(str(a).strip() for a in df["artist"].dropna()))
@@ -133,8 +133,8 @@ def all_artists() -> list[str]:
 def preserve_texts(ctype_name: str, concepts: list[str], preserve_concepts: list[str], stage: str) -> list[str]:
     """The preserve texts of an edit.
 
-    UCE (SPEC 2a): the empty string plus the preserve concepts; for art, when none are given, every
-    other artist of artists1734_prompts.csv. RECE (SPEC 3): `" "` once per concept, or the preserve
+    UCE (docs/method.md §2a): the empty string plus the preserve concepts; for art, when none are given, every
+    other artist of artists1734_prompts.csv. RECE (docs/method.md §3): `" "` once per concept, or the preserve
     concepts when given; for art the empty string plus the other artists.
     """
     if ctype_name == "art" and not preserve_concepts:

@@ -9,7 +9,7 @@ the empty prompt draws "a red circle" as "a circle", i.e. black, not a red circl
 
 The module holds everything the project needs about the world and nothing about training:
 - the renderer (`sample_scene`, `render`, `render_example`) and the caption templates;
-- the evaluation prompt table (`evaluation_table`, SPEC 5 columns plus `colour` / `shape` truth);
+- the evaluation prompt table (`evaluation_table`, docs/method.md §5 columns plus `colour` / `shape` truth);
 - the tokenizer for the world's words (`build_tokenizer`: a CLIP BPE tokenizer from a handwritten
   vocabulary, padding to 77 tokens like SD's);
 - the judge: `classify_colour` (analytic: hue, chroma and darkness of the shape's ink) and
@@ -191,7 +191,7 @@ def render_example(seed: int) -> tuple[np.ndarray, str, Scene]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluation prompts (SPEC 5 columns)
+# Evaluation prompts (docs/method.md §5 columns)
 # ---------------------------------------------------------------------------------------------
 
 # The base model's evaluation settings, measured in execs/train_shapes_model.py's report.
@@ -205,7 +205,7 @@ def evaluation_table(seeds_per_pair: int = 4, template: str = "a {colour} {shape
     """Prompt table for every colour x shape x `seeds_per_pair` seeds (pandas DataFrame).
 
     Columns: prompt, evaluation_seed, evaluation_guidance, sd_image_width, sd_image_height,
-    case_number (SPEC 5), num_inference_steps (the default step count for this model), and the
+    case_number (docs/method.md §5), num_inference_steps (the default step count for this model), and the
     ground truth `colour` and `shape`. Seeds are distinct across rows: first_seed + case_number.
     """
     import pandas as pd
@@ -427,7 +427,7 @@ def train_shape_judge(num_steps: int = 2000, batch_size: int = 64, seed: int = 0
     return net.eval()
 
 
-DEFAULT_JUDGE_PATH = Path(__file__).resolve().parent.parent / "models" / "shape_judge.safetensors"
+DEFAULT_JUDGE_PATH = Path(__file__).resolve().parents[2] / "models" / "shape_judge.safetensors"
 
 
 def load_shape_judge(path=DEFAULT_JUDGE_PATH):

@@ -1,0 +1,1 @@
+"""Generate: seeded, batched, resumable image generation over prompt tables (docs/method.md §5)."""

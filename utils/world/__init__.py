@@ -1,0 +1,1 @@
+"""The built-in world: the shapes model's data, captions, tokenizer and judge (`--model_id shapes`)."""
