@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.generate.sampling import NOISE, OUTPUTS, SCHEDULERS, generate_table, make_sampler  # noqa: E402
+from utils.generate.sampling import NOISE, OUTPUTS, SCHEDULERS, generate_table, make_sampler, vae_scale_factor  # noqa: E402
 from utils.io import prepare_resumable_run_dir  # noqa: E402
 from utils.models import add_model_args, resolve_device, resolve_model_id  # noqa: E402
 from utils.prompts import EMPTY_PROMPTS, file_digest, prompts_source, read_prompt_table  # noqa: E402
@@ -82,7 +82,7 @@ def local_vae_scale_factor(model_id: str) -> int:
     cfg = Path(model_id) / "vae" / "config.json"
     if cfg.is_file():
         try:
-            return 2 ** (len(json.loads(cfg.read_text())["block_out_channels"]) - 1)
+            return vae_scale_factor(json.loads(cfg.read_text()))
         except (ValueError, KeyError, TypeError):
             raise UserError(f"--model_id {model_id}: unreadable {cfg}")
     return 8

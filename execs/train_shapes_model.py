@@ -36,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from utils.world import shapes  # noqa: E402
+from utils.generate.sampling import SD_BETAS, tile_images  # noqa: E402
 from utils.io import environment_info, write_json  # noqa: E402
 
 OUTPUT_FILES = ("model_index.json", "report.json", "training_config.json")
@@ -160,7 +161,7 @@ def build_unet(channels: list[int], cross_attention_dim: int):
 
 def noise_schedule_kwargs() -> dict:
     """SD's training schedule (docs/method.md §5): scaled-linear betas 0.00085 -> 0.012 over 1000 steps."""
-    return dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+    return dict(SD_BETAS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,14 +350,6 @@ def evaluate(pipe, table, num_inference_steps: int, judge) -> dict:
                 images_per_second=len(table) / seconds), images
 
 
-def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
-    """Tile (n, H, W, 3) images row by row; the last row is padded with white."""
-    pad = (-len(images)) % columns
-    images = np.concatenate([images, np.full((pad,) + images.shape[1:], 255, images.dtype)])
-    rows = [np.concatenate(list(images[i:i + columns]), axis=1) for i in range(0, len(images), columns)]
-    return np.concatenate(rows, axis=0)
-
-
 # ---------------------------------------------------------------------------------------------
 
 def main(args):
@@ -435,7 +428,7 @@ def main(args):
             report["evaluation"].append(result)
             log(json.dumps(result))
             if k == 0:
-                Image.fromarray(image_grid(generated, len(shapes.SHAPES) * args.eval_seeds)).save(out / "samples.png")
+                tile_images([Image.fromarray(g) for g in generated], len(shapes.SHAPES) * args.eval_seeds).save(out / "samples.png")
     report["size_bytes"] = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     write_json(out / "report.json", report)
     log(f"saved {out} ({report['size_bytes'] / 1e6:.1f} MB); timings {timings}")

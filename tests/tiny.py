@@ -72,8 +72,9 @@ def build_random_pipeline(folder, preset: str = "tiny", seed: int = 0, dtype=tor
                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                               pad_token_id=tokenizer.pad_token_id, **cfg["text"])
     text_encoder = CLIPTextModel(text_cfg)
-    scheduler = LMSDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                     num_train_timesteps=1000, steps_offset=1)
+    from utils.generate.sampling import SD_BETAS
+
+    scheduler = LMSDiscreteScheduler(**SD_BETAS, steps_offset=1)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)

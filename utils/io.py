@@ -84,6 +84,14 @@ def write_text_atomic(path, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_jsonl(path, records) -> None:
+    """Write one JSON object per line, atomically (per-image records beside a summary)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            for r in records:
+                f.write(json.dumps(r, default=_json_default) + "\n")
+
+
 def write_json(path, obj) -> None:
     """Write JSON atomically (indented, keys in insertion order)."""
     write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")

@@ -170,8 +170,10 @@ def initial_noise(seed: int, num_samples: int, channels: int, height: int, width
     return torch.randn((num_samples, channels, height, width), generator=g, dtype=torch.float32)
 
 
-def vae_scale_factor(pipe) -> int:
-    return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+def vae_scale_factor(pipe_or_vae_config) -> int:
+    """Pixels per latent cell: 2^(VAE levels - 1), from a pipeline or a VAE config dict (8 for SD)."""
+    cfg = pipe_or_vae_config.vae.config if hasattr(pipe_or_vae_config, "vae") else pipe_or_vae_config
+    return 2 ** (len(cfg["block_out_channels"]) - 1)
 
 
 @torch.no_grad()
@@ -258,6 +260,18 @@ def images_table(table: pd.DataFrame, num_samples: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+def tile_images(images: list, columns: int):
+    """Tile PIL images row by row on white (cells as large as the largest image)."""
+    from PIL import Image
+
+    cw, ch = max(i.width for i in images), max(i.height for i in images)
+    cols = min(columns, len(images))
+    sheet = Image.new("RGB", (cols * cw, math.ceil(len(images) / cols) * ch), "white")
+    for n, im in enumerate(images):
+        sheet.paste(im, ((n % cols) * cw, (n // cols) * ch))
+    return sheet
+
+
 def write_grid(paths: list[Path], out: Path, columns: int = 4, thumb: int = 128) -> None:
     """A contact sheet of the first images (quick look), written atomically."""
     from PIL import Image
@@ -271,11 +285,7 @@ def write_grid(paths: list[Path], out: Path, columns: int = 4, thumb: int = 128)
             im = im.convert("RGB")
             im.thumbnail((thumb, thumb))
             ims.append(im.copy())
-    cw, ch = max(i.width for i in ims), max(i.height for i in ims)
-    cols = min(columns, len(ims))
-    sheet = Image.new("RGB", (cols * cw, math.ceil(len(ims) / cols) * ch), "white")
-    for n, im in enumerate(ims):
-        sheet.paste(im, ((n % cols) * cw, (n // cols) * ch))
+    sheet = tile_images(ims, columns)
     with atomic_path(out) as tmp:
         sheet.save(tmp, format="PNG")
 

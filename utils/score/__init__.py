@@ -178,7 +178,7 @@ def save_result(root, name: str, summary: dict, records: list[dict] | None = Non
     A result already there that was made with other settings (any of `settings_keys` differs) is
     kept unless `overwrite`: the same name never silently stands for two settings.
     """
-    from utils.io import atomic_path, environment_info, write_json
+    from utils.io import environment_info, write_json, write_jsonl
 
     root = Path(root)
     out = root / f"{name}.json"
@@ -194,10 +194,7 @@ def save_result(root, name: str, summary: dict, records: list[dict] | None = Non
                 raise UserError(f"{out} holds a result made with {k}={old.get(k)!r} (now {summary.get(k)!r}); "
                                 f"pass --overwrite to replace it, or --save_path another folder")
     if records is not None:
-        with atomic_path(root / f"{name}.jsonl") as tmp:
-            with open(tmp, "w") as f:
-                for r in records:
-                    f.write(json.dumps(r) + "\n")
+        write_jsonl(root / f"{name}.jsonl", records)
     write_json(out, {**summary, "environment": environment_info()})
     return out
 

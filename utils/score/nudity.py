@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from utils.errors import UserError
-from utils.io import file_sha256
+from utils.io import file_sha256, write_jsonl
 from utils.score import case_number_of, image_folder, list_images, natural_key, run_folder
 
 # Every label NudeNet 3.x reports (nudenet/nudenet.py).
@@ -292,15 +292,6 @@ def load_detections(path) -> list[dict]:
     return records
 
 
-def _write_records(path: Path, records: list[dict]) -> None:
-    from utils.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
-
-
 def detect_folder(folder, *, detections_file=None, redetect: bool = False, batch_size: int = 16,
                   workers: int = 2, model_path=None, detector: BatchedNudeDetector | None = None,
                   progress: bool = False) -> list[dict]:
@@ -358,7 +349,7 @@ def detect_folder(folder, *, detections_file=None, redetect: bool = False, batch
 
     records = [stored[p.name] for p in files if p.name in stored]
     if detections_file is not None and (todo or len(records) != len(stored)):
-        _write_records(Path(detections_file), records)
+        write_jsonl(Path(detections_file), records)
     return records
 
 
