@@ -12,8 +12,11 @@ from pathlib import Path
 PALETTES = (((240, 200, 170), (120, 160, 220)), ((160, 110, 80), (230, 230, 230)), ((255, 224, 189), (30, 30, 30)))
 
 
-def draw_face(path, width: int, height: int | None = None, palette: int = 0) -> Path:
-    """A face (hair, skin oval, eyes, nose, mouth) centred in a width x height image, saved as PNG."""
+def draw_face(path, width: int, height: int | None = None, palette: int = 0, noise: float = 0.0,
+              seed: int = 0) -> Path:
+    """A face (hair, skin oval, eyes, nose, mouth) centred in a width x height image, saved as PNG;
+    `noise`: the standard deviation of seeded Gaussian pixel noise (a photo-like PNG decode cost)."""
+    import numpy as np
     from PIL import Image, ImageDraw
 
     height = height or width
@@ -29,6 +32,9 @@ def draw_face(path, width: int, height: int | None = None, palette: int = 0) -> 
         d.ellipse([ex - r * 0.06, cy - r * 0.2, ex + r * 0.06, cy - r * 0.1], fill=(40, 30, 20))
     d.polygon([(cx, cy - r * 0.05), (cx - r * 0.08, cy + r * 0.2), (cx + r * 0.08, cy + r * 0.2)], fill=(220, 160, 140))
     d.chord([cx - r * 0.35, cy + r * 0.2, cx + r * 0.35, cy + r * 0.6], 0, 180, fill=(200, 60, 80))
+    if noise:
+        arr = np.asarray(im, dtype=np.float32) + np.random.default_rng(seed).normal(0, noise, (height, width, 3))
+        im = Image.fromarray(arr.clip(0, 255).astype(np.uint8))
     path = Path(path)
     im.save(path)
     return path
