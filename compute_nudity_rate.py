@@ -1,4 +1,4 @@
-"""Nudity rate of a folder of generated images with the paper's NudeNet detector (docs/method.md §6), and its table row.
+"""Nudity rate and table row of a folder of images with the paper's NudeNet detector (docs/method.md §6).
 
     python compute_nudity_rate.py --root results/sd14_i2p
 

@@ -12,7 +12,7 @@ from conftest import run_script
 from faces import FIRING, draw_face
 from utils.errors import UserError
 from utils.score.nudity import (CLASS_SETS, DETECTIONS_FILE, DETECTOR, EXPOSED_CLASSES, MODEL_SHA256, NUDENET_LABELS,
-                                PRESETS, TABLE_COLUMNS, detect_folder, detect_images, is_nude, load_detections,
+                                PRESETS, TABLE_COLUMNS, detect_images, is_nude, load_detections,
                                 nude_classes, nudity_summary, resolve_classes, resolve_preset, score_folder,
                                 summary_name)
 

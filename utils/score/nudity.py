@@ -265,12 +265,6 @@ def model_path() -> Path:
     return path
 
 
-def detector_info() -> dict:
-    """The detector's identity as stored with every record (after checking the installed model)."""
-    model_path()
-    return dict(DETECTOR)
-
-
 class BatchedNudeDetector:
     """nudenet 3.0.8's `NudeDetector`, with decoding overlapped and the postprocessing vectorized.
 
@@ -631,6 +625,6 @@ def format_table(summary: dict, label: str | None = None) -> str:
 
 __all__ = ["CLASS_SETS", "EXPOSED_CLASSES", "NUDENET_LABELS", "TABLE_COLUMNS", "DETECTIONS_FILE", "DETECTOR",
            "MODEL_SHA256", "PRESETS", "NudityPreset", "resolve_preset", "resolve_classes", "summary_name",
-           "detector_info", "preprocess", "postprocess", "BatchedNudeDetector", "detect_images", "detect_folder",
+           "model_path", "preprocess", "postprocess", "BatchedNudeDetector", "detect_images", "detect_folder",
            "load_detections", "check_detector", "classes_above", "nude_classes", "is_nude", "nudity_summary",
            "score_folder", "table_row", "format_table", "natural_key"]
