@@ -93,10 +93,9 @@ def read_run_prompts(root, prompts_path=None):
             path = Path(root) / "prompts.csv"
         if not path.is_file():
             return None
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
-        raise UserError(f"prompts file {path} is not a readable CSV ({type(e).__name__})")
+    from utils.prompts import read_csv_literal
+
+    df = read_csv_literal(path)
     df.attrs["source"] = str(path)
     return df
 
