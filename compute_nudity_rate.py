@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.cli import batch_size_arg, finite_float, workers_arg  # noqa: E402
+from utils.errors import check_count, run_cli  # noqa: E402
 from utils.score.nudity import (CLASS_SETS, DEFAULT_CLASSES, DEFAULT_THRESHOLD, check_threshold, format_table,  # noqa: E402
                           resolve_classes, score_folder)
 
@@ -32,7 +33,7 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True,
                         help="run folder (images in ROOT/imgs) or a folder of images; results are written here")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+    parser.add_argument("--threshold", type=finite_float, default=DEFAULT_THRESHOLD,
                         help=f"a class counts when a detection scores strictly above this "
                              f"(default {DEFAULT_THRESHOLD})")
     parser.add_argument("--classes", default=DEFAULT_CLASSES,
@@ -40,8 +41,8 @@ def parse_args(argv=None):
                              f"(default {DEFAULT_CLASSES}, docs/method.md §6's nine exposed classes)")
     parser.add_argument("--redetect", action=argparse.BooleanOptionalAction, default=False,
                         help="run the detector on every image again instead of reusing stored detections")
-    parser.add_argument("--batch_size", type=int, default=16, help="images per detector call (default 16)")
-    parser.add_argument("--workers", type=int, default=2, help="threads decoding images (default 2)")
+    parser.add_argument("--batch_size", type=batch_size_arg, default=16, help="images per detector call (default 16)")
+    parser.add_argument("--workers", type=workers_arg, default=2, help="threads decoding images (default 2)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="show a progress bar while detecting")
     return parser.parse_args(argv)
@@ -51,10 +52,8 @@ def main(args):
     # 1. Check inputs before loading the detector.
     check_threshold(args.threshold)
     resolve_classes(args.classes)
-    if args.batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    check_count(args.batch_size, "--batch_size")
+    check_count(args.workers, "--workers")
 
     # 2. Detect what is not stored yet, then score.
     summary = score_folder(args.root, args.threshold, args.classes, redetect=args.redetect,

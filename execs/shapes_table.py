@@ -39,6 +39,8 @@ def _named(items, flag):
         name, sep, folder = item.partition("=")
         if not sep or not name or not folder:
             raise UserError(f"{flag} {item!r}: expected NAME=FOLDER")
+        if name in out:
+            raise UserError(f"{flag} names {name!r} twice ({out[name]} and {folder}); give each run its own name")
         if not (Path(folder) / "prompts.csv").is_file():
             raise UserError(f"{flag} {item!r}: {folder} has no prompts.csv (generate the images first)")
         out[name] = Path(folder)

@@ -164,3 +164,15 @@ def load_checkpoint_into_unet(unet, ckpt) -> dict[str, torch.Tensor]:
     weights = load_edited_weights(ckpt, model_shapes, shapes)
     apply_edited_weights(unet, weights)
     return weights
+
+
+def check_checkpoint(ckpt, model_id: str, flag: str = "--ckpt") -> dict[str, torch.Tensor]:
+    """Read checkpoint `ckpt` and check it against `model_id`'s UNet (shapes from its weights file, no
+    UNet load): the early check of a CLI, before any model loads. Returns the edited matrices."""
+    from utils.models import unet_parameter_shapes
+
+    if not Path(ckpt).exists():
+        raise UserError(f"{flag} {ckpt} does not exist")
+    shapes = unet_parameter_shapes(model_id)
+    model_shapes = {k: s for k, s in shapes.items() if CROSS_ATTN_KEY.search(k)}
+    return load_edited_weights(ckpt, model_shapes, shapes)

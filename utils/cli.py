@@ -3,7 +3,9 @@
 Argparse types (every CLI's numeric flags use them, so a bad value fails while parsing, before
 anything loads, with argparse's exit code 2):
 - `finite_float`, `nonneg_float`, `positive_float`: a float that is not NaN / inf (and >= 0, > 0);
-- `int_range(low, high=None)`: an integer within bounds (counts, sizes, epochs, seeds).
+- `int_range(low, high=None)`: an integer within bounds (counts, sizes, epochs, seeds), and the
+  named bounds below (`batch_size_arg`, `image_size_arg`, `steps_arg`, ...);
+- `device_arg`: a torch device this machine has.
 They share `utils.errors.check_finite` / `check_count` with the library code.
 """
 from __future__ import annotations
@@ -61,6 +63,18 @@ def int_range(low: int | None = None, high: int | None = None):
     return parse
 
 
+def device_arg(text: str) -> str:
+    """argparse type of `--device`: the text, once `utils.models.resolve_device` accepts it on this
+    machine (cpu, cuda[:i], mps, xpu; 'meta' and absent devices fail while parsing)."""
+    from utils.models import resolve_device
+
+    try:
+        resolve_device(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e).replace(f"--device {text!r} ", "").replace(f"--device {text} ", ""))
+    return text
+
+
 # Bounds of the common integer flags: generous, but an absurd value fails at once instead of
 # after the model has loaded (or allocating an image of 10^5 x 10^5 pixels).
 MAX_IMAGE_SIZE = 4096
@@ -77,6 +91,7 @@ samples_arg = int_range(1, MAX_SAMPLES)
 epochs_arg = int_range(0, MAX_EPOCHS)
 seed_arg = int_range(0, MAX_SEED)
 nonneg_int_arg = int_range(0, None)
+workers_arg = int_range(1, 256)
 
 
 def add_edit_args(parser, *, lamb: float | None, preserve_scale: float | None) -> None:

@@ -215,6 +215,17 @@ def run_tool() -> str | None:
         return None
 
 
+def stale_results(path) -> tuple[str, ...]:
+    """Result files in run folder `path` that describe its current images (summaries `*.json` but
+    config.json, per-image records `*.jsonl`, cached features `*.npz`): outputs to remove with the
+    images when `--overwrite` replaces them, so that no score of the old images survives."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        return ()  # not a run folder: its files are not ours to remove
+    return tuple(sorted(p.name for p in path.iterdir() if p.is_file() and p.name != "config.json"
+                        and p.suffix in (".json", ".jsonl", ".npz")))
+
+
 def prepare_run_dir(path, config: dict, files: tuple[str, ...], overwrite: bool = False, *, write: bool = True,
                     flag: str = "--save_path", tool: str | None = None) -> Path:
     """Claim run folder `path` for a run that cannot resume: `config.json` first, then the outputs.

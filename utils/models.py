@@ -43,17 +43,11 @@ def add_model_args(parser: argparse.ArgumentParser, device: bool = True) -> None
     g.add_argument("--base", choices=sorted(BASES), default=None,
                    help="shorthand: 1.4 = CompVis/stable-diffusion-v1-4, 2.1 = stabilityai/stable-diffusion-2-1-base")
     if device:
+        from utils.cli import device_arg
+
         g.add_argument("--device", default=None, type=device_arg,
                        help="torch device (default: cuda if available, else cpu)")
 
-
-def device_arg(text: str) -> str:
-    """argparse type of `--device`: the text, once `resolve_device` accepts it (checked while parsing)."""
-    try:
-        resolve_device(text)
-    except UserError as e:
-        raise argparse.ArgumentTypeError(str(e).replace(f"--device {text!r} ", "").replace(f"--device {text} ", ""))
-    return text
 
 
 def resolve_device(device: str | None) -> torch.device:
