@@ -35,7 +35,7 @@ def nonneg_float(text) -> float:
     """argparse type: a finite float >= 0."""
     v = finite_float(text)
     if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a non-negative finite number, got {text!r}")
     return v
 
 
@@ -43,7 +43,7 @@ def positive_float(text) -> float:
     """argparse type: a finite float > 0."""
     v = finite_float(text)
     if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
     return v
 
 
@@ -71,7 +71,11 @@ def device_arg(text: str) -> str:
     try:
         resolve_device(text)
     except UserError as e:
-        raise argparse.ArgumentTypeError(str(e).replace(f"--device {text!r} ", "").replace(f"--device {text} ", ""))
+        msg = str(e)
+        for prefix in (f"--device {text!r}", f"--device {text}"):
+            if msg.startswith(prefix):
+                msg = msg[len(prefix):].lstrip(": ")
+        raise argparse.ArgumentTypeError(msg)
     return text
 
 

@@ -46,9 +46,28 @@ def os_error_message(e: OSError) -> str:
 
 
 def run_cli(main: Callable, parse_args: Callable, argv=None) -> None:
-    """Parse, run `main(args)`; `UserError` and `OSError` end in `<prog>: error: <one line>`, exit 2."""
-    args = parse_args(argv)
+    """Parse, run `main(args)`; a bad flag, `UserError` and `OSError` end in `<prog>: error: <one line>`, exit 2.
+
+    argparse's own errors (an unknown flag, a value its type refuses) keep their message but lose
+    the usage block above it, so that every refusal is one line (`--help` still shows the usage).
+    """
+    import contextlib
+    import io
+
     prog = sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "rece"
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            args = parse_args(argv)
+    except SystemExit as e:
+        text = err.getvalue()
+        lines = [l for l in text.splitlines() if l.strip()]
+        if e.code == 2 and lines and lines[0].startswith("usage:"):
+            print(lines[-1], file=sys.stderr)
+        else:
+            sys.stderr.write(text)
+        raise
+    sys.stderr.write(err.getvalue())
     try:
         main(args)
     except UserError as e:
