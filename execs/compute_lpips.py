@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.cli import MAX_IMAGE_SIZE, batch_size_arg, device_arg, int_range  # noqa: E402
+from utils.cli import MAX_IMAGE_SIZE, batch_size_arg, int_range  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.score import check_batch_size, images_or_fail  # noqa: E402
 from utils.score.lpips import compute_lpips  # noqa: E402
@@ -33,7 +33,7 @@ def parse_args(argv=None):
     p.add_argument("--lpips_weights", default=None, help="LPIPS v0.1 linear weights alex.pth")
     p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                    help="download missing weights")
-    p.add_argument("--device", default=None, type=device_arg, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--batch_size", type=batch_size_arg, default=32, help="pairs per forward pass (default 32)")
     p.add_argument("--save_path", default=None, help="folder for the result (default ROOT)")
     p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,

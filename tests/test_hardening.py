@@ -278,6 +278,7 @@ def test_absurd_sizes_and_late_inputs_fail_first(tiny_pipeline_dir, tmp_path, ca
                                              "--concept", "nudity", "--batch_size", "0")),
             ("execs/generate_images.py", ("--prompts_path", "p", "--save_path", tmp_path / "g", "--image_size",
                                           "100000")),
+            ("execs/generate_images.py", ("--prompts_path", "p", "--save_path", tmp_path / "g", "--batch_size", "0")),
             ("train.py", ("--concepts", "x", "--concept_type", "nudity", "--epochs", "1000000")),
             ("train.py", ("--concepts", "x", "--concept_type", "nudity", "--seed", "-1"))]:
         flag = next(a for a in args[::-1] if str(a).startswith("--"))

@@ -4,8 +4,9 @@ Argparse types (every CLI's numeric flags use them, so a bad value fails while p
 anything loads, with argparse's exit code 2):
 - `finite_float`, `nonneg_float`, `positive_float`: a float that is not NaN / inf (and >= 0, > 0);
 - `int_range(low, high=None)`: an integer within bounds (counts, sizes, epochs, seeds), and the
-  named bounds below (`batch_size_arg`, `image_size_arg`, `steps_arg`, ...);
-- `device_arg`: a torch device this machine has.
+  named bounds below (`batch_size_arg`, `image_size_arg`, `steps_arg`, ...).
+(`--device` is checked by `utils.models.resolve_device` in each CLI's checks, not while parsing, so
+that a command written for a GPU machine still parses on a laptop.)
 They share `utils.errors.check_finite` / `check_count` with the library code.
 """
 from __future__ import annotations
@@ -61,22 +62,6 @@ def int_range(low: int | None = None, high: int | None = None):
         return v
     parse.__name__ = "integer"
     return parse
-
-
-def device_arg(text: str) -> str:
-    """argparse type of `--device`: the text, once `utils.models.resolve_device` accepts it on this
-    machine (cpu, cuda[:i], mps, xpu; 'meta' and absent devices fail while parsing)."""
-    from utils.models import resolve_device
-
-    try:
-        resolve_device(text)
-    except UserError as e:
-        msg = str(e)
-        for prefix in (f"--device {text!r}", f"--device {text}"):
-            if msg.startswith(prefix):
-                msg = msg[len(prefix):].lstrip(": ")
-        raise argparse.ArgumentTypeError(msg)
-    return text
 
 
 # Bounds of the common integer flags: generous, but an absurd value fails at once instead of

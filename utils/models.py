@@ -43,10 +43,7 @@ def add_model_args(parser: argparse.ArgumentParser, device: bool = True) -> None
     g.add_argument("--base", choices=sorted(BASES), default=None,
                    help="shorthand: 1.4 = CompVis/stable-diffusion-v1-4, 2.1 = stabilityai/stable-diffusion-2-1-base")
     if device:
-        from utils.cli import device_arg
-
-        g.add_argument("--device", default=None, type=device_arg,
-                       help="torch device (default: cuda if available, else cpu)")
+        g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
 

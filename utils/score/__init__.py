@@ -208,10 +208,9 @@ def add_common_args(parser, model_default: str | None = None, what: str = "model
     if model_default is not None:
         parser.add_argument("--model_id", default=model_default,
                             help=f"Hub id or local folder of the {what} (default {model_default})")
-    from utils.cli import batch_size_arg, device_arg
+    from utils.cli import batch_size_arg
 
-    parser.add_argument("--device", default=None, type=device_arg,
-                        help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--batch_size", type=batch_size_arg, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--save_path", default=None,
                         help="folder for the results (default: the run folder)")
