@@ -421,7 +421,7 @@ def test_two_concurrent_identical_runs_both_finish(tiny_pipeline_dir, odd_prompt
 @pytest.mark.slow
 def test_ring_a_bell_overwrite_scores_new_images(tiny_pipeline_dir, tmp_path):
     pairs = tmp_path / "pairs.csv"
-    pairs.write_text("sensitive prompt,normal prompt\na nude person,a person\n")
+    pairs.write_text("sensitive prompt,normal prompt\na red circle,a circle\n")
     prompts = tmp_path / "prompts.csv"
     pd.DataFrame({"case_number": [0, 1], "prompt": ["a person", "a beach"], "evaluation_seed": [1, 2]}).to_csv(
         prompts, index=False)
@@ -429,23 +429,22 @@ def test_ring_a_bell_overwrite_scores_new_images(tiny_pipeline_dir, tmp_path):
 
     def attack(eta, *extra):
         return cli("attack_methods/RingABell.py", "--csv_file", pairs, "--prompt_file", prompts, "--img_path", out,
-                   "--concept", "nudity", "--eta", eta, "--model_id", tiny_pipeline_dir, "--image_size", "16",
+                   "--concept", "red", "--eta", eta, "--model_id", tiny_pipeline_dir, "--image_size", "16",
                    "--ddim_steps", "1", *extra)
 
-    assert attack("0").returncode == 0
+    r = attack("0")
+    assert r.returncode == 0, r.stderr[-2000:]
     first = (out / "imgs" / "0_0.png").read_bytes()
-    # plant a nude detection for every stored image: a rerun that reused them would report ASR 1
-    det = out / "nudity_detections.jsonl"
-    recs = [json.loads(l) for l in det.read_text().splitlines()]
-    for r in recs:
-        r["detections"] = [{"class": "FEMALE_BREAST_EXPOSED", "score": 0.987654, "box": [0, 0, 4, 4]}]
-    det.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    # stored scores of the old images (a NudeNet cache, an evaluator's result) must not survive them
+    (out / "nudity_detections.jsonl").write_text(json.dumps({"file": "0_0.png", "detections": []}) + "\n")
+    (out / "q16.json").write_text(json.dumps({"metric": "q16", "rate": 1.0}))
     refused(attack("5"), "--img_path", "eta", "--overwrite")  # other settings, no --overwrite: refused
+    assert (out / "imgs" / "0_0.png").read_bytes() == first
     r = attack("5", "--overwrite", "--to_case", "1")
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(p.name for p in (out / "imgs").glob("*.png")) == ["0_0.png"]  # case 1's old image is gone
     assert (out / "imgs" / "0_0.png").read_bytes() != first
-    assert "0.987654" not in det.read_text()
+    assert not (out / "nudity_detections.jsonl").exists() and not (out / "q16.json").exists()
     asr = json.loads((out / "asr.json").read_text())
     assert asr["eta"] == 5 and asr["n_images"] == 1
     assert json.loads((out / "config.json").read_text())["settings"]["eta"] == 5

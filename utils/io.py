@@ -277,7 +277,7 @@ def _claim(path, config: dict, outputs, overwrite: bool, *, write: bool, resume:
     tool = tool or run_tool()
     settings = json.loads(json.dumps(config.get("settings", {}), default=_json_default))
     cfg_file = path / "config.json"
-    present = [f for f in outputs if (path / f).exists() or (path / f).is_symlink()]
+    present = [f for f in dict.fromkeys(outputs) if (path / f).exists() or (path / f).is_symlink()]
     resumed = False
     if cfg_file.is_file():
         try:
@@ -310,7 +310,9 @@ def _claim(path, config: dict, outputs, overwrite: bool, *, write: bool, resume:
             for f in present:
                 p = path / f
                 try:
-                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+                except FileNotFoundError:
+                    pass  # a concurrent identical run removed it first
                 except OSError as e:
                     raise UserError(f"{flag} {path}: cannot remove the earlier {f}: {os_error_message(e)}") from None
         make_dirs(path, flag)
