@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import math
+import numbers
 import sys
 from typing import Callable
 
@@ -125,7 +126,7 @@ def check_finite(value, what: str):
 
 def check_count(value, what: str, low: int = 1, high: int | None = None) -> int:
     """Return integer `value` when `low <= value <= high`, else raise `UserError` naming `what`."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise UserError(f"{what} must be an integer, got {value!r}")
     if value < low or (high is not None and value > high):
         bounds = f"at least {low}" if high is None else f"between {low} and {high}"

@@ -49,7 +49,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from utils.errors import UserError
+from utils.errors import UserError, check_count
 from utils.io import atomic_path
 
 SCHEDULERS = ("lms", "ddim", "dpm++")
@@ -137,8 +137,7 @@ def make_sampler(name: str, steps: int, device="cpu", prediction_type: str = "ep
     reused: samplers are never modified, each batch steps its own state)."""
     if name not in SCHEDULERS:
         raise UserError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {name!r}")
-    if steps < 1:
-        raise UserError(f"--ddim_steps must be at least 1, got {steps}")
+    check_count(steps, "--ddim_steps")
     return _make_sampler(name, int(steps), str(torch.device(device)), prediction_type)
 
 
@@ -333,10 +332,8 @@ def generate_table(pipe, table: pd.DataFrame, save_path, *, num_samples: int = 1
     state = state or _Single()
     save_path = Path(save_path)
     imgs = save_path / IMGS
-    if batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1, got {batch_size}")
-    if num_samples < 1:
-        raise UserError(f"--num_samples must be at least 1, got {num_samples}")
+    check_count(batch_size, "--batch_size")
+    check_count(num_samples, "--num_samples")
     missing_cols = [c for c in ("case_number", "prompt", "seed", "guidance", "width", "height") if c not in table]
     if missing_cols:
         raise UserError(f"generation table lacks column {missing_cols[0]} (read it with utils.prompts.read_prompt_table)")

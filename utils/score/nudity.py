@@ -45,7 +45,7 @@ from collections import deque
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from utils.errors import UserError
+from utils.errors import UserError, check_count
 from utils.io import file_sha256
 from utils.score import case_number_of, image_folder, list_images, natural_key, run_folder
 
@@ -349,8 +349,7 @@ def detect_folder(folder, *, detections_file=None, redetect: bool = False, batch
     An unreadable image is tried again when its file has changed (size or mtime). `redetect` ignores
     stored records.
     """
-    if batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1, got {batch_size}")
+    check_count(batch_size, "--batch_size")
     folder = image_folder(folder)
     files = list_images(folder)
     stored = {} if redetect or detections_file is None else {r["file"]: r for r in load_detections(detections_file)}
