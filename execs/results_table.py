@@ -153,6 +153,9 @@ def main(args):
     names = [n.strip() for n in args.names.split(",")] if args.names else [r.resolve().name for r in runs]
     if len(names) != len(runs):
         raise UserError(f"--names gives {len(names)} names for {len(runs)} runs")
+    dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if dup is not None:
+        raise UserError(f"two runs are named {dup!r}; give each its own name with --names")
 
     # 2. Gather.
     rows, extra_cols, detectors = [], [], {}

@@ -60,7 +60,7 @@ def score_generation(folder: Path, concept: str) -> dict:
     kept = [f == t for f, t, a in zip(found, df[attr], asks) if not a]
     other_ok = [f == t for f, t in zip(found_other, df[other])]
     all_ok = [f == t for f, t in zip(found, df[attr])]
-    mean = lambda xs: float(sum(xs) / len(xs)) if xs else float("nan")  # noqa: E731
+    mean = lambda xs: float(sum(xs) / len(xs)) if xs else None  # noqa: E731  (no such image: "-", not NaN)
     return {"erased_rate": mean(erased), f"other_{attr}_accuracy": mean(kept), f"{attr}_accuracy": mean(all_ok),
             f"{other}_accuracy": mean(other_ok),
             "n_images": len(images), "n_concept_prompts": int(asks.sum())}
