@@ -49,7 +49,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from utils.errors import UserError, check_count
+from utils.errors import UserError, check_count, check_finite
 from utils.io import atomic_path
 
 SCHEDULERS = ("lms", "ddim", "dpm++")
@@ -215,6 +215,8 @@ def denoise(pipe, cond: torch.Tensor, uncond: torch.Tensor, latents: torch.Tenso
         latents = sampler.step(noise_pred, i, latents, state)
     # Decode one image at a time: the VAE runs on batch 1 whatever the batch, so a decoded image never
     # depends on its neighbours (oneDNN picks other convolution kernels for batch 1 than for more).
+    # NaN / inf here would be written as black images and scored as if they were real ones
+    check_finite(latents, "the denoised latents (non-finite model weights, or an overflow: try --dtype fp32)")
     latents = latents / vae.config.scaling_factor
     image = torch.cat([vae.decode(latents[j:j + 1], return_dict=False)[0] for j in range(b)])
     return pipe.image_processor.postprocess(image, output_type="pil")
