@@ -189,6 +189,18 @@ def test_nan_checkpoint_is_named_before_anything_runs(tiny_pipeline_dir, odd_pro
     assert not (tmp_path / "r").exists()
 
 
+def test_nan_model_weights_do_not_become_black_images(tiny_pipeline_dir, odd_prompts, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_pipeline_dir, bad)
+    f = bad / "unet" / "diffusion_pytorch_model.safetensors"
+    sd = load_file(str(f))
+    sd["conv_in.weight"] = sd["conv_in.weight"].clone().fill_(float("nan"))
+    save_file(sd, str(f))
+    refused(cli("execs/generate_images.py", *gen_args(bad, odd_prompts, tmp_path / "g", "--df_length", "1")),
+            "denoised latents", "NaN")
+    assert not list((tmp_path / "g").glob("imgs/*.png"))
+
+
 def test_nan_in_q16_prompt_embeddings_and_cached_detections(tmp_path):
     imgs = tmp_path / "run" / "imgs"
     imgs.mkdir(parents=True)
