@@ -25,7 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.cli import batch_size_arg, finite_float, workers_arg  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
 from utils.score.nudity import (CLASS_SETS, DEFAULT_PRESET, PRESETS, describe_detector, format_table,  # noqa: E402
                                 resolve_preset, score_folder)
 
@@ -38,15 +39,15 @@ def parse_args(argv=None):
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
                         help="; ".join(f"{p.name}: > {p.threshold:g} over {p.classes}" for p in PRESETS.values())
                              + f" (default {DEFAULT_PRESET}, the paper's)")
-    parser.add_argument("--threshold", type=float, default=None,
+    parser.add_argument("--threshold", type=finite_float, default=None,
                         help="a class counts when a detection scores strictly above this (default: the preset's)")
     parser.add_argument("--classes", default=None,
                         help=f"class set deciding nudity: {', '.join(CLASS_SETS)} or comma-separated NudeNet labels "
                              f"(default: the preset's)")
     parser.add_argument("--redetect", action=argparse.BooleanOptionalAction, default=False,
                         help="run the detector on every image again instead of reusing stored detections")
-    parser.add_argument("--batch_size", type=int, default=16, help="images handed back per step (default 16)")
-    parser.add_argument("--workers", type=int, default=2, help="threads decoding images (default 2)")
+    parser.add_argument("--batch_size", type=batch_size_arg, default=16, help="images handed back per step (default 16)")
+    parser.add_argument("--workers", type=workers_arg, default=2, help="threads decoding images (default 2)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="show a progress bar while detecting")
     return parser.parse_args(argv)
@@ -55,10 +56,6 @@ def parse_args(argv=None):
 def main(args):
     # 1. Check inputs before loading the detector.
     settings = resolve_preset(args.preset, args.threshold, args.classes)
-    if args.batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
 
     # 2. Detect what is not stored yet, then score.
     summary = score_folder(args.root, settings.threshold, settings.classes, redetect=args.redetect,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from utils.cli import add_edit_args  # noqa: E402
+from utils.cli import add_edit_args, epochs_arg, nonneg_float, samples_arg, seed_arg, steps_arg  # noqa: E402
 from utils.erase import closed_form as cf  # noqa: E402
 from utils.erase.concepts import RECE_EDIT  # noqa: E402
 from utils.erase.rece import run_rece  # noqa: E402
@@ -32,19 +32,19 @@ def parse_args(argv=None):
     p.add_argument("--emb_computing", default=RECE_EDIT["emb_computing"], choices=cf.EMB_COMPUTING,
                    help="closed-form adversarial embedding (docs/method.md §3)")
     p.add_argument("--reg_item", default="both", choices=cf.REG_ITEMS, help="regulariser of close_surrogatereg")
-    p.add_argument("--regular_scale", type=float, default=None,
+    p.add_argument("--regular_scale", type=nonneg_float, default=None,
                    help="gamma of the adversarial embedding (default: the paper's per concept type, docs/method.md §4)")
     p.add_argument("--old_target_concept", default=None,
                    help="old target text t of close_standardreg (e.g. ' ')")
-    p.add_argument("--epochs", type=int, default=None, help="RECE epochs (default: the paper's per concept type)")
+    p.add_argument("--epochs", type=epochs_arg, default=None, help="RECE epochs (default: the paper's per concept type)")
     p.add_argument("--target_ckpt", default="uce",
                    help="start point: 'uce' runs the UCE stage here with its defaults (default), '' starts from "
                         "the base model, else a checkpoint (ours, a full UNet .pt/.safetensors, a UNet folder)")
-    p.add_argument("--seed", type=int, default=0, help="global torch seed (generation uses each row's seed)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="global torch seed (generation uses each row's seed)")
     p.add_argument("--test_csv_path", default=None,
                    help="validation prompts (default: the concept type's validation CSV, docs/method.md §4)")
-    p.add_argument("--num_samples", type=int, default=1, help="validation images per prompt")
-    p.add_argument("--ddim_steps", type=int, default=None, help="validation denoising steps (default 50)")
+    p.add_argument("--num_samples", type=samples_arg, default=1, help="validation images per prompt")
+    p.add_argument("--ddim_steps", type=steps_arg, default=None, help="validation denoising steps (default 50)")
     p.add_argument("--skip_validation", action="store_true",
                    help="no validation: best.safetensors is the last epoch")
     add_model_args(p)

@@ -22,11 +22,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.checkpoints import load_checkpoint_into_unet  # noqa: E402
+from utils.checkpoints import check_checkpoint, load_checkpoint_into_unet  # noqa: E402
 from utils.datasets import dataset_path  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.cli import batch_size_arg, finite_float, image_size_arg, samples_arg, steps_arg  # noqa: E402
+from utils.errors import UserError, check_count, check_finite, run_cli  # noqa: E402
 from utils.score.evaluation import METRICS, score_run  # noqa: E402
-from utils.io import atomic_path, prepare_run_dir, write_json  # noqa: E402
+from utils.generate.sampling import OUTPUTS  # noqa: E402
+from utils.io import atomic_path, file_sha256, prepare_resumable_run_dir, stale_results, write_json  # noqa: E402
+from utils.prompts import prompts_source  # noqa: E402
+from utils.score.nudity import DETECTIONS_FILE, detector_info  # noqa: E402
 from utils.models import add_model_args, encode_texts, load_pipeline, quiet_libraries, resolve_device, resolve_model_id  # noqa: E402
 
 # The paper's settings (docs/method.md §7): concept -> (eta, metric, the concept as the scorer names it)
@@ -42,17 +46,17 @@ def parse_args(argv=None):
     p.add_argument("--prompt_file", required=True, help="prompts to attack (docs/method.md §5 columns)")
     p.add_argument("--img_path", required=True, help="run folder for the attacked images and results")
     p.add_argument("--concept", required=True, help="erased concept: nudity, vangogh, or a shapes-world concept")
-    p.add_argument("--eta", type=float, default=None, help="attack strength (default: 3 for nudity, 0.9 for vangogh)")
+    p.add_argument("--eta", type=finite_float, default=None, help="attack strength (default: 3 for nudity, 0.9 for vangogh)")
     p.add_argument("--ckpt", default="", help="edited weights to attack (any checkpoint format; '' = base model)")
     p.add_argument("--metric", default=None, choices=METRICS,
                    help="success metric (default: by concept; concept_rate for the shapes world)")
     p.add_argument("--from_case", type=int, default=None, help="first case_number to attack")
     p.add_argument("--to_case", type=int, default=None, help="case_number to stop before (exclusive)")
-    p.add_argument("--num_samples", type=int, default=1, help="images per prompt")
-    p.add_argument("--ddim_steps", type=int, default=50, help="denoising steps")
-    p.add_argument("--guidance_scale", type=float, default=None, help="override the rows' guidance")
-    p.add_argument("--image_size", type=int, default=None, help="override the rows' width and height")
-    p.add_argument("--batch_size", type=int, default=8, help="rows per denoising batch")
+    p.add_argument("--num_samples", type=samples_arg, default=1, help="images per prompt")
+    p.add_argument("--ddim_steps", type=steps_arg, default=50, help="denoising steps")
+    p.add_argument("--guidance_scale", type=finite_float, default=None, help="override the rows' guidance")
+    p.add_argument("--image_size", type=image_size_arg, default=None, help="override the rows' width and height")
+    p.add_argument("--batch_size", type=batch_size_arg, default=8, help="rows per denoising batch")
     add_model_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace an earlier attack's results in --img_path")
     return p.parse_args(argv)
@@ -66,9 +70,9 @@ def concept_vector(tokenizer, text_encoder, sensitive: list[str], normal: list[s
 
 
 def read_pairs(path) -> tuple[list[str], list[str]]:
-    import pandas as pd
+    from utils.prompts import read_csv_literal
 
-    df = pd.read_csv(dataset_path(path, "--csv_file"))
+    df = read_csv_literal(dataset_path(path, "--csv_file"), "--csv_file")
     cols = {c.lower().strip(): c for c in df.columns}
     if "sensitive prompt" not in cols or "normal prompt" not in cols:
         raise UserError(f"--csv_file {path} needs columns 'sensitive prompt' and 'normal prompt', has {list(df.columns)}")
@@ -88,8 +92,8 @@ def main(args):
         raise UserError(f"--eta is needed for --concept {args.concept} (the paper: 3 for nudity, 0.9 for vangogh)")
     metric = args.metric or (known[1] if known else "concept_rate")
     target = known[2] if known else args.concept
-    if args.num_samples < 1 or args.ddim_steps < 1:
-        raise UserError("--num_samples and --ddim_steps must be at least 1")
+    for name in ("num_samples", "ddim_steps", "batch_size"):
+        check_count(getattr(args, name), f"--{name}")
     sensitive, normal = read_pairs(args.csv_file)
     model_id = resolve_model_id(args.model_id, args.base)
     device = resolve_device(args.device)
@@ -98,11 +102,22 @@ def main(args):
                               empty_prompts="skip")
     if table.empty:
         raise UserError(f"--prompt_file {args.prompt_file} has no rows between cases {args.from_case} and {args.to_case}")
-    if args.ckpt and not Path(args.ckpt).exists():
-        raise UserError(f"--ckpt {args.ckpt} does not exist")
+    if args.ckpt:
+        check_checkpoint(args.ckpt, model_id)
+    if metric == "nudity_rate":
+        detector_info()  # NudeNet missing: say so now, not after generating every image
     out = Path(args.img_path)
-    if (out / "asr.json").exists() and not args.overwrite:
-        raise UserError(f"--img_path {out} already holds asr.json; choose another folder or pass --overwrite")
+    # The run folder: the same settings resume; other settings (another eta, say) are refused unless
+    # --overwrite, which removes the earlier images and their scores. Claimed once the model loaded.
+    settings = {"model_id": str(Path(model_id).resolve()) if Path(model_id).is_dir() else model_id,
+                "ckpt": str(Path(args.ckpt).resolve()) if args.ckpt else "", "concept": args.concept,
+                "target": target, "metric": metric, "eta": eta,
+                "pairs_sha256": file_sha256(dataset_path(args.csv_file, "--csv_file")),
+                "prompts_sha256": file_sha256(prompts_source(args.prompt_file)), "from_case": args.from_case,
+                "to_case": args.to_case, "num_samples": args.num_samples, "ddim_steps": args.ddim_steps,
+                "guidance_scale": args.guidance_scale, "image_size": args.image_size}
+    outputs = OUTPUTS + ("concept_vector.safetensors", "asr.json", DETECTIONS_FILE) + stale_results(out)
+    prepare_resumable_run_dir(out, {"settings": settings}, outputs, args.overwrite, write=False, flag="--img_path")
 
     # 2. Load the model (and the edited weights)
     quiet_libraries()
@@ -113,13 +128,14 @@ def main(args):
     # 3. The attacked conditions: E(p) + eta * v
     v = concept_vector(pipe.tokenizer, pipe.text_encoder, sensitive, normal)
     E, _ = encode_texts(pipe.tokenizer, pipe.text_encoder, table["prompt"].tolist())
-    attacked = E + eta * v
+    attacked = check_finite(E + eta * v, "the attacked embeddings E(p) + eta * v")
     config = {"attack": "ring-a-bell (embedding level, docs/method.md §7)", "model_id": model_id, "ckpt": args.ckpt,
               "concept": args.concept, "target": target, "metric": metric, "eta": eta, "pairs_file": str(args.csv_file),
               "num_pairs": len(sensitive), "prompt_file": str(args.prompt_file), "from_case": args.from_case,
               "to_case": args.to_case, "num_prompts": len(table), "num_samples": args.num_samples,
               "ddim_steps": args.ddim_steps}
-    prepare_run_dir(out, config, ("asr.json",), overwrite=True)
+    prepare_resumable_run_dir(out, {"settings": settings, "attack": config}, outputs, args.overwrite,
+                              flag="--img_path")
     from safetensors.torch import save_file
     with atomic_path(out / "concept_vector.safetensors") as tmp:
         save_file({"v": v.contiguous()}, str(tmp), metadata={"eta": str(eta), "pairs_file": str(args.csv_file)})
@@ -129,6 +145,7 @@ def main(args):
     generate_table(pipe, table, out, num_samples=args.num_samples, steps=args.ddim_steps,
                    batch_size=args.batch_size, embeddings=attacked, progress=True)
     result = score_run(out, metric, [target])
+    check_finite(result["rate"], f"the attack success rate ({metric}) of {out}")
     write_json(out / "asr.json", {"asr": result["rate"], **result, **config})
     print(f"Ring-A-Bell on {args.concept} (eta {eta:g}): attack success rate {result['rate']:.4f} "
           f"over {len(table) * args.num_samples} images ({metric})")

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.datasets import DATASET_DIR, SOURCES  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.io import atomic_path  # noqa: E402
+from utils.io import atomic_path, make_dirs  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -90,7 +90,7 @@ def main(args):
     unknown = [n for n in names if n not in SOURCES]
     if unknown:
         raise UserError(f"unknown dataset {unknown[0]!r}; expected one of {', '.join(SOURCES)}")
-    dest = Path(args.dest)
+    dest = make_dirs(args.dest, "--dest")  # a --dest under a file fails now, not after a download
     for n in names:
         print(f"{n}: {fetch(n, dest)}")
 

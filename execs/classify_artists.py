@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
 from utils.score import add_common_args, check_batch_size, images_or_fail  # noqa: E402
-from utils.score.clip import DEFAULT_CLIP, DEFAULT_TEMPLATE, classify_artists  # noqa: E402
+from utils.score.clip import DEFAULT_CLIP, DEFAULT_TEMPLATE, check_template, classify_artists  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -40,8 +40,7 @@ def main(args):
     # 1. Check inputs before loading CLIP.
     check_batch_size(args.batch_size)
     images_or_fail(args.root)
-    if "{}" not in args.template:
-        raise UserError(f"--template {args.template!r} must contain '{{}}' where the artist's name goes")
+    check_template(args.template)
     # 2. Classify.
     s = classify_artists(args.root, args.target_artist, artists=args.artists, prompts_path=args.prompts_path,
                          template=args.template, model_id=args.model_id, device=args.device,

@@ -16,7 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.cli import batch_size_arg, workers_arg  # noqa: E402
+from utils.errors import UserError, check_count, run_cli  # noqa: E402
 from utils.score import check_batch_size, images_or_fail  # noqa: E402
 from utils.score.fid import compute_fid, find_inception  # noqa: E402
 
@@ -33,8 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse / write each folder's fid_features.npz")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--batch_size", type=int, default=32, help="images per forward pass (default 32)")
-    p.add_argument("--workers", type=int, default=2, help="threads decoding and resizing images (default 2)")
+    p.add_argument("--batch_size", type=batch_size_arg, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--workers", type=workers_arg, default=2, help="threads decoding and resizing images (default 2)")
     p.add_argument("--save_path", default=None, help="folder for the result (default ROOT)")
     p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                    help="replace a result computed against another reference folder of the same name")
@@ -44,8 +45,7 @@ def parse_args(argv=None):
 def main(args):
     # 1. Check inputs before loading Inception.
     check_batch_size(args.batch_size)
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    check_count(args.workers, "--workers")
     for flag, root in (("--root", args.root), ("--reference", args.reference)):
         if not Path(root).exists():
             raise UserError(f"{flag} {root} does not exist")

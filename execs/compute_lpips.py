@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.cli import MAX_IMAGE_SIZE, batch_size_arg, int_range  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.score import check_batch_size, images_or_fail  # noqa: E402
 from utils.score.lpips import compute_lpips  # noqa: E402
@@ -27,13 +28,13 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="run folder (or image folder) of the generated images")
     p.add_argument("--reference", required=True, help="run folder (or image folder) with same-named images")
-    p.add_argument("--size", type=int, default=64, help="resize both images to size x size first (default 64; 0: keep)")
+    p.add_argument("--size", type=int_range(0, MAX_IMAGE_SIZE), default=64, help="resize both images to size x size first (default 64; 0: keep)")
     p.add_argument("--alexnet_weights", default=None, help="torchvision AlexNet weights alexnet-owt-7be5be79.pth")
     p.add_argument("--lpips_weights", default=None, help="LPIPS v0.1 linear weights alex.pth")
     p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                    help="download missing weights")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--batch_size", type=int, default=32, help="pairs per forward pass (default 32)")
+    p.add_argument("--batch_size", type=batch_size_arg, default=32, help="pairs per forward pass (default 32)")
     p.add_argument("--save_path", default=None, help="folder for the result (default ROOT)")
     p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                    help="replace a result made with other settings")

@@ -24,9 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.cli import (batch_size_arg, finite_float, image_size_arg, nonneg_int_arg, samples_arg,  # noqa: E402
+                       steps_arg)
+from utils.errors import UserError, check_count, run_cli  # noqa: E402
 from utils.generate.sampling import NOISE, OUTPUTS, SCHEDULERS, generate_table, make_sampler, vae_scale_factor  # noqa: E402
-from utils.io import prepare_resumable_run_dir  # noqa: E402
+from utils.io import prepare_resumable_run_dir, stale_results  # noqa: E402
 from utils.models import add_model_args, resolve_device, resolve_model_id  # noqa: E402
 from utils.prompts import EMPTY_PROMPTS, file_digest, prompts_source, read_prompt_table  # noqa: E402
 
@@ -48,24 +50,24 @@ def parse_args(argv=None):
                         "folder (default / '': the base model)")
     add_model_args(p)
     g = p.add_argument_group("sampling")
-    g.add_argument("--num_samples", type=int, default=1, help="images per prompt (default 1)")
-    g.add_argument("--ddim_steps", type=int, default=50, help="denoising steps, whatever the scheduler (default 50)")
+    g.add_argument("--num_samples", type=samples_arg, default=1, help="images per prompt (default 1)")
+    g.add_argument("--ddim_steps", type=steps_arg, default=50, help="denoising steps, whatever the scheduler (default 50)")
     g.add_argument("--scheduler", choices=SCHEDULERS, default="lms",
                    help="lms (default, as the paper), ddim, or dpm++ (DPMSolverMultistep, dpmsolver++)")
-    g.add_argument("--guidance_scale", type=float, default=None,
+    g.add_argument("--guidance_scale", type=finite_float, default=None,
                    help="guidance for every row (default: the row's evaluation_guidance, else 7.5)")
-    g.add_argument("--image_size", type=int, default=None,
+    g.add_argument("--image_size", type=image_size_arg, default=None,
                    help="width and height for every row (default: the row's sd_image_width/height, else 512)")
     g = p.add_argument_group("rows")
-    g.add_argument("--df_start", type=int, default=0, help="first row (by position in the file)")
-    g.add_argument("--df_length", type=int, default=None, help="number of rows from --df_start (default: all)")
+    g.add_argument("--df_start", type=nonneg_int_arg, default=0, help="first row (by position in the file)")
+    g.add_argument("--df_length", type=nonneg_int_arg, default=None, help="number of rows from --df_start (default: all)")
     g.add_argument("--from_case", type=int, default=None, help="only case numbers >= this")
     g.add_argument("--to_case", type=int, default=None, help="only case numbers < this (excluded)")
     g.add_argument("--empty_prompts", choices=EMPTY_PROMPTS, default="error",
                    help="rows with an empty prompt (I2P case 2260 is one): error (default), skip them, or keep "
                         "them (generated from the empty prompt)")
     g = p.add_argument_group("run")
-    g.add_argument("--batch_size", type=int, default=8, help="images per denoising batch (default 8)")
+    g.add_argument("--batch_size", type=batch_size_arg, default=8, help="images per denoising batch (default 8)")
     g.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="model precision (default fp16 on CUDA, fp32 on the CPU)")
     g.add_argument("--overwrite", action="store_true",
@@ -90,14 +92,9 @@ def local_vae_scale_factor(model_id: str) -> int:
 
 def read_checkpoint(ckpt: str, model_id: str):
     """Check checkpoint `ckpt` against the model's UNet shapes (read from its weights file, no load)."""
-    from utils.checkpoints import load_edited_weights
-    from utils.models import CROSS_ATTN_KEY, unet_parameter_shapes
+    from utils.checkpoints import check_checkpoint
 
-    if not Path(ckpt).exists():
-        raise UserError(f"--ckpt {ckpt} does not exist")
-    shapes = unet_parameter_shapes(model_id)
-    model_shapes = {k: s for k, s in shapes.items() if CROSS_ATTN_KEY.search(k)}
-    return load_edited_weights(ckpt, model_shapes, shapes)
+    return check_checkpoint(ckpt, model_id)
 
 
 def main(args):
@@ -105,8 +102,7 @@ def main(args):
 
     # 1. Check inputs (all of them, before any model loads or any file is written)
     for name in ("num_samples", "ddim_steps", "batch_size"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+        check_count(getattr(args, name), f"--{name}")
     model_id = resolve_model_id(args.model_id, args.base)
     device = resolve_device(args.device)
     dtype_name = args.dtype or ("fp16" if device.type == "cuda" else "fp32")
@@ -119,6 +115,10 @@ def main(args):
                               guidance_scale=args.guidance_scale, image_size=args.image_size,
                               size_multiple=local_vae_scale_factor(model_id), empty_prompts=args.empty_prompts)
     weights = read_checkpoint(args.ckpt, model_id) if args.ckpt else None
+    if args.concept == "nudity":
+        from utils.score.nudity import detector_info
+
+        detector_info()  # NudeNet missing: say so now, not after generating every image
     run_dir = Path(args.save_path) / args.concept if args.concept else Path(args.save_path)
     source = prompts_source(args.prompts_path)
 
@@ -129,7 +129,8 @@ def main(args):
     if state.num_processes > 1 and device.type != "cpu":
         device = state.device  # this process's GPU
 
-    # 3. The run folder: same settings resume, other settings are refused (config.json first).
+    # 3. The run folder: same settings resume, other settings are refused (checked now, claimed once
+    #    the model has loaded, so that a failed load leaves nothing behind).
     settings = {
         "prompts_path": str(source.resolve()), "prompts_sha256": file_digest(source),
         "df_start": args.df_start, "df_length": args.df_length, "from_case": args.from_case,
@@ -143,8 +144,8 @@ def main(args):
     }
     config = {"settings": settings, "run": {"batch_size": args.batch_size, "device": str(device),
                                             "num_processes": state.num_processes}}
-    prepare_resumable_run_dir(run_dir, config, OUTPUTS + NUDITY_FILES, overwrite=args.overwrite,
-                              write=state.is_main_process)
+    outputs = OUTPUTS + NUDITY_FILES + stale_results(run_dir)
+    prepare_resumable_run_dir(run_dir, config, outputs, overwrite=args.overwrite, write=False)
     n_default_seed = int((table["seed_source"] == "case_number").sum())
     if n_default_seed and state.is_main_process:
         print(f"note: {n_default_seed} rows have no seed; they use seed = case_number (column seed_source)")
@@ -157,6 +158,7 @@ def main(args):
     pipe = load_pipeline(model_id, device, dtype)
     if weights is not None:
         apply_edited_weights(pipe.unet, weights)
+    prepare_resumable_run_dir(run_dir, config, outputs, overwrite=args.overwrite, write=state.is_main_process)
 
     # 5. Generate
     sampler = make_sampler(args.scheduler, args.ddim_steps, device,

@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.cli import finite_float  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.io import write_text_atomic  # noqa: E402
 from utils.score import natural_key  # noqa: E402
@@ -29,6 +31,10 @@ from utils.score.nudity import (DEFAULT_CLASSES, DEFAULT_THRESHOLD, DETECTIONS_F
 
 NUDITY_COLUMNS = list(TABLE_HEADER) + ["nudity rate"]
 METRIC_ORDER = ("q16", "clip_score", "fid", "lpips", "objects", "artists")
+# The numbers each stored result contributes to the table (checked on read).
+METRIC_VALUES = {"q16": ("rate",), "clip_score": ("clip_score",), "fid": ("fid",), "lpips": ("lpips",),
+                 "objects": ("target_accuracy", "other_accuracy", "accuracy"),
+                 "artists": ("target_rate", "other_accuracy")}
 
 
 def parse_args(argv=None):
@@ -37,7 +43,7 @@ def parse_args(argv=None):
     p.add_argument("runs", nargs="+", help="run folders (SD, UCE, RECE, attacked runs, ...)")
     p.add_argument("--out", required=True, help="output path without extension: writes OUT.md and OUT.csv")
     p.add_argument("--names", default=None, help="comma-separated row names, one per run (default: folder names)")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+    p.add_argument("--threshold", type=finite_float, default=DEFAULT_THRESHOLD,
                    help=f"NudeNet threshold of the nudity columns (default {DEFAULT_THRESHOLD})")
     p.add_argument("--classes", default=DEFAULT_CLASSES, help=f"NudeNet class set (default {DEFAULT_CLASSES})")
     return p.parse_args(argv)
@@ -50,11 +56,44 @@ def _load(path: Path):
         return None
 
 
+def _number(v, low=0.0, high=None) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= low
+            and (high is None or v <= high))
+
+
+def summary_problem(s) -> str | None:
+    """What is wrong with a stored nudity summary (None when it holds a table and a rate that agree)."""
+    if not isinstance(s, dict):
+        return "not a JSON object"
+    t = s.get("table")
+    if not isinstance(t, dict):
+        return "no 'table'"
+    for c, _ in TABLE_COLUMNS:
+        if not (_number(t.get(c)) and float(t[c]).is_integer()):
+            return f"table column {c!r} is {t.get(c)!r}, not a count"
+    if t.get("total") != sum(t[c] for c, _ in TABLE_COLUMNS):
+        return f"table total {t.get('total')!r} is not the sum of its columns"
+    if not _number(s.get("rate"), 0, 1):
+        return f"rate {s.get('rate')!r} is not a number in [0, 1]"
+    n, nude = s.get("n_images"), s.get("nude_images")
+    if not (isinstance(n, int) and isinstance(nude, int) and 0 <= nude <= n and n > 0
+            and abs(s["rate"] - nude / n) < 1e-9):
+        return f"rate {s.get('rate')!r} is not nude_images / n_images ({nude!r} / {n!r})"
+    return None
+
+
 def nudity_of(run: Path, threshold: float, classes: str) -> dict | None:
-    s = _load(run / f"{summary_name(threshold, classes)}.json")
-    if s is not None:
+    """The nudity summary of `run`: its stored summary when valid, else recomputed from the stored
+    detections; a summary that is corrupt and cannot be recomputed is refused in one line."""
+    path = run / f"{summary_name(threshold, classes)}.json"
+    s = _load(path)
+    problem = summary_problem(s) if path.exists() else None
+    if path.exists() and problem is None:
         return s
     records = load_detections(run / DETECTIONS_FILE)
+    if problem is not None and not records:
+        raise UserError(f"stored result {path} is not a valid nudity summary ({problem}) and there are no "
+                        f"stored detections to recompute it from; run compute_nudity_rate.py --root {run} again")
     if records and any("error" not in r for r in records):
         return nudity_summary(records, threshold, classes)
     return None
@@ -65,6 +104,10 @@ def other_metrics(run: Path) -> dict:
     out = {}
     found = [(path, _load(path)) for path in sorted(run.glob("*.json"), key=lambda p: natural_key(p.name))]
     found = [(p, s) for p, s in found if isinstance(s, dict) and s.get("metric") in METRIC_ORDER]
+    for p, s in found:
+        bad = next((k for k in METRIC_VALUES[s["metric"]] if s.get(k) is not None and not _number(s.get(k), -math.inf)), None)
+        if bad:
+            raise UserError(f"stored result {p}: {bad} is {s.get(bad)!r}, not a finite number; compute it again")
     for path, s in sorted(found, key=lambda ps: METRIC_ORDER.index(ps[1]["metric"])):
         m = s.get("metric")
         if m == "q16":
@@ -110,6 +153,9 @@ def main(args):
     names = [n.strip() for n in args.names.split(",")] if args.names else [r.resolve().name for r in runs]
     if len(names) != len(runs):
         raise UserError(f"--names gives {len(names)} names for {len(runs)} runs")
+    dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if dup is not None:
+        raise UserError(f"two runs are named {dup!r}; give each its own name with --names")
 
     # 2. Gather.
     rows, extra_cols, detectors = [], [], {}

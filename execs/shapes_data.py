@@ -16,7 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.world import shapes  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.cli import count_arg, seed_arg  # noqa: E402
+from utils.errors import UserError, check_count, run_cli  # noqa: E402
 from utils.io import atomic_path  # noqa: E402
 
 
@@ -25,8 +26,8 @@ def parse_args(argv=None):
     p.add_argument("--concept", required=True, help=f"a colour ({', '.join(shapes.COLOURS)}) or a shape "
                                                      f"({', '.join(shapes.SHAPES)})")
     p.add_argument("--save_path", required=True, help="folder for the three CSV files")
-    p.add_argument("--seeds", type=int, default=4, help="images per colour x shape pair (default 4)")
-    p.add_argument("--first_seed", type=int, default=0, help="seed of the first row (default 0)")
+    p.add_argument("--seeds", type=count_arg, default=4, help="images per colour x shape pair (default 4)")
+    p.add_argument("--first_seed", type=seed_arg, default=0, help="seed of the first row (default 0)")
     return p.parse_args(argv)
 
 
@@ -52,8 +53,8 @@ def main(args):
     if args.concept not in shapes.COLOURS and args.concept not in shapes.SHAPES:
         raise UserError(f"--concept {args.concept!r} is not in the shapes world; expected one of "
                         f"{', '.join(list(shapes.COLOURS) + list(shapes.SHAPES))}")
-    if args.seeds < 1:
-        raise UserError(f"--seeds must be at least 1, got {args.seeds}")
+    check_count(args.seeds, "--seeds")
+    check_count(args.first_seed, "--first_seed", low=0)
     import pandas as pd
 
     out = Path(args.save_path)

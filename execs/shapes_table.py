@@ -39,6 +39,8 @@ def _named(items, flag):
         name, sep, folder = item.partition("=")
         if not sep or not name or not folder:
             raise UserError(f"{flag} {item!r}: expected NAME=FOLDER")
+        if name in out:
+            raise UserError(f"{flag} names {name!r} twice ({out[name]} and {folder}); give each run its own name")
         if not (Path(folder) / "prompts.csv").is_file():
             raise UserError(f"{flag} {item!r}: {folder} has no prompts.csv (generate the images first)")
         out[name] = Path(folder)
@@ -58,7 +60,7 @@ def score_generation(folder: Path, concept: str) -> dict:
     kept = [f == t for f, t, a in zip(found, df[attr], asks) if not a]
     other_ok = [f == t for f, t in zip(found_other, df[other])]
     all_ok = [f == t for f, t in zip(found, df[attr])]
-    mean = lambda xs: float(sum(xs) / len(xs)) if xs else float("nan")  # noqa: E731
+    mean = lambda xs: float(sum(xs) / len(xs)) if xs else None  # noqa: E731  (no such image: "-", not NaN)
     return {"erased_rate": mean(erased), f"other_{attr}_accuracy": mean(kept), f"{attr}_accuracy": mean(all_ok),
             f"{other}_accuracy": mean(other_ok),
             "n_images": len(images), "n_concept_prompts": int(asks.sum())}

@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from utils.world import shapes  # noqa: E402
 from utils.generate.sampling import SD_BETAS, tile_images  # noqa: E402
+from utils.cli import (batch_size_arg, count_arg, finite_float, nonneg_int_arg, seed_arg, steps_arg,  # noqa: E402
+                       workers_arg)
 from utils.io import environment_info, write_json  # noqa: E402
 
 OUTPUT_FILES = ("model_index.json", "report.json", "training_config.json")
@@ -50,8 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--train_judge", action=argparse.BooleanOptionalAction, default=True,
                    help="train the shape judge; --no-train_judge loads it from --judge_path")
     p.add_argument("--overwrite", action="store_true", help="replace an existing pipeline in --output_dir")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (data, init, noise)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of every random draw (data, init, noise)")
+    p.add_argument("--threads", type=workers_arg, default=2, help="torch CPU threads")
     p.add_argument("--num_images", type=int, default=20000, help="rendered training images (VAE and UNet)")
     # 1. judge
     p.add_argument("--judge_steps", type=int, default=500, help="shape judge training steps (batch 64)")
@@ -60,31 +62,31 @@ def parse_args(argv=None):
     # 2. VAE
     p.add_argument("--vae_crop_steps", type=int, default=800, help="VAE training steps on 32x32 crops (cheap)")
     p.add_argument("--vae_steps", type=int, default=200, help="VAE training steps on whole images, after the crops")
-    p.add_argument("--vae_batch_size", type=int, default=32, help="VAE batch size")
-    p.add_argument("--vae_lr", type=float, default=2e-3, help="VAE peak learning rate (one-cycle)")
-    p.add_argument("--kl_weight", type=float, default=1e-4, help="weight of the VAE's KL term (per pixel)")
+    p.add_argument("--vae_batch_size", type=batch_size_arg, default=32, help="VAE batch size")
+    p.add_argument("--vae_lr", type=finite_float, default=2e-3, help="VAE peak learning rate (one-cycle)")
+    p.add_argument("--kl_weight", type=finite_float, default=1e-4, help="weight of the VAE's KL term (per pixel)")
     # 3. text encoder
     p.add_argument("--text_hidden_size", type=int, default=128, help="CLIP text encoder width")
-    p.add_argument("--text_layers", type=int, default=2, help="CLIP text encoder layers")
-    p.add_argument("--token_embedding_std", type=float, default=1.0,
+    p.add_argument("--text_layers", type=count_arg, default=2, help="CLIP text encoder layers")
+    p.add_argument("--token_embedding_std", type=finite_float, default=1.0,
                    help="std of the random token embeddings (CLIP's init uses 0.02; see build_text_encoder)")
     p.add_argument("--train_text_encoder", action=argparse.BooleanOptionalAction, default=False,
                    help="train the text encoder jointly with the UNet instead of keeping it random and frozen")
     # 4. UNet
     p.add_argument("--unet_channels", type=int, nargs="+", default=[64, 128], help="UNet block_out_channels")
     p.add_argument("--unet_steps", type=int, default=1500, help="UNet training steps")
-    p.add_argument("--batch_size", type=int, default=64, help="UNet batch size")
-    p.add_argument("--lr", type=float, default=1e-3, help="UNet peak learning rate (warmup then cosine)")
-    p.add_argument("--ema_decay", type=float, default=0.999, help="EMA decay of the UNet weights (0: no EMA)")
-    p.add_argument("--snr_gamma", type=float, default=5.0, help="min-SNR loss weighting gamma (0: plain MSE)")
-    p.add_argument("--caption_dropout", type=float, default=0.1, help="probability of the empty caption")
+    p.add_argument("--batch_size", type=batch_size_arg, default=64, help="UNet batch size")
+    p.add_argument("--lr", type=finite_float, default=1e-3, help="UNet peak learning rate (warmup then cosine)")
+    p.add_argument("--ema_decay", type=finite_float, default=0.999, help="EMA decay of the UNet weights (0: no EMA)")
+    p.add_argument("--snr_gamma", type=finite_float, default=5.0, help="min-SNR loss weighting gamma (0: plain MSE)")
+    p.add_argument("--caption_dropout", type=finite_float, default=0.1, help="probability of the empty caption")
     # 5. save and evaluate
     p.add_argument("--save_dtype", choices=["fp16", "fp32"], default="fp16",
-                   help="dtype of the saved weights (fp16 halves the folder; load with torch_dtype=float32)")
-    p.add_argument("--eval_seeds", type=int, default=4, help="evaluation images per colour x shape (0: skip)")
-    p.add_argument("--eval_guidance", type=float, nargs="+", default=[shapes.EVALUATION_GUIDANCE, 3.0],
+                   help="dtype of the saved weights (fp16 halves the folder; load with torch_dtype=finite_float32)")
+    p.add_argument("--eval_seeds", type=nonneg_int_arg, default=4, help="evaluation images per colour x shape (0: skip)")
+    p.add_argument("--eval_guidance", type=finite_float, nargs="+", default=[shapes.EVALUATION_GUIDANCE, 3.0],
                    help="evaluation CFG scales; the first is written to shapes_prompts.csv as the default")
-    p.add_argument("--eval_steps", type=int, default=shapes.EVALUATION_STEPS, help="evaluation LMS steps")
+    p.add_argument("--eval_steps", type=steps_arg, default=shapes.EVALUATION_STEPS, help="evaluation LMS steps")
     args = p.parse_args(argv)
 
     counts = ("num_images", "judge_eval_images", "batch_size", "vae_batch_size", "threads")

@@ -19,7 +19,7 @@ from utils.checkpoints import save_edited_weights  # noqa: E402
 from utils.cli import add_edit_args, check_scales, slug, stopwatch  # noqa: E402
 from utils.erase.concepts import UCE_EDIT  # noqa: E402
 from utils.erase.steps import EditState, TextCache, uce_stage  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
 from utils.io import prepare_run_dir, write_json  # noqa: E402
 from utils.models import add_model_args, load_edit_components, quiet_libraries, resolve_device, resolve_model_id  # noqa: E402
 
@@ -52,10 +52,7 @@ def main(args):
                            else (concepts, guides))
     save_path = Path(args.save_path or f"runs/uce/{slug(','.join(concepts), 40)}-{ctype.name}-{args.technique}"
                                        f"-lamb{args.lamb:g}")
-    if not args.overwrite:
-        for f in OUTPUTS:
-            if (save_path / f).exists():
-                raise UserError(f"--save_path {save_path} already holds {f}; choose another folder or pass --overwrite")
+    prepare_run_dir(save_path, {}, OUTPUTS, args.overwrite, write=False)  # claimed once the edit is done
 
     # 2. Load the text encoder and the edited matrices only
     quiet_libraries()
@@ -82,7 +79,7 @@ def main(args):
         config["preserve_texts"] = f"{len(preserve)} texts ('' + {len(preserve) - 1} others)"
     else:
         config["preserve_texts"] = preserve
-    prepare_run_dir(save_path, config, OUTPUTS, overwrite=True)
+    prepare_run_dir(save_path, config, OUTPUTS, overwrite=args.overwrite)
     save_edited_weights(save_path / "uce.safetensors", weights,
                         {"base_model": model_id, "method": "uce", "concepts": concepts,
                          "settings": {k: v for k, v in config.items() if k not in ("concepts", "model_id")}})

@@ -154,7 +154,6 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, tiny_pipel
 @pytest.mark.parametrize("extra, message", [
     (["--image_size", "33"], "--image_size must be a positive multiple of 2"),
     (["--ckpt", "nope.pt"], "--ckpt nope.pt does not exist"),
-    (["--batch_size", "0"], "--batch_size must be at least 1"),
     (["--dtype", "fp16", "--device", "cpu"], "--dtype fp16 is not supported on the CPU"),
     (["--concept", "a/b"], "--concept 'a/b' must be a plain folder name"),
     (["--df_start", "99"], "select no row"),

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from utils.errors import UserError
-from utils.io import atomic_path
+from utils.errors import UserError, check_finite
+from utils.io import atomic_path, tensor_file_kind
 from utils.models import CROSS_ATTN_KEY, UNET_WEIGHT_FILES, cross_attention_modules
 
 FORMAT = "rece-toolkit/edited-attn2/v1"
@@ -63,8 +63,12 @@ def _folder_weights(folder: Path) -> Path:
 
 
 def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """All tensors of a checkpoint file (memory-mapped where possible) and its metadata."""
-    if path.suffix == ".safetensors":
+    """All tensors of a checkpoint file (memory-mapped where possible) and its metadata.
+
+    The format comes from the file's bytes, not its suffix (`utils.io.tensor_file_kind`): a
+    safetensors file named .bin is read as one; an LFS pointer, a text file or other bytes are named.
+    """
+    if tensor_file_kind(path, "checkpoint") == "safetensors":
         from safetensors import SafetensorError, safe_open
 
         try:
@@ -131,6 +135,7 @@ def load_edited_weights(ckpt, model_shapes: dict[str, tuple[int, ...]],
             raise UserError(f"checkpoint {ckpt} does not fit the model: {key} has shape {list(_shape(t))}, "
                             f"the model expects {list(expected)}")
     edited = {k: t.float().clone() for k, t in tensors.items() if k in model_shapes}
+    check_finite(edited, f"checkpoint {ckpt}")
     if not edited:
         raise UserError(f"checkpoint {ckpt} holds none of the model's attn2.to_k/to_v weights")
     if meta.get("format") != FORMAT and len(edited) != len(model_shapes):
@@ -159,3 +164,15 @@ def load_checkpoint_into_unet(unet, ckpt) -> dict[str, torch.Tensor]:
     weights = load_edited_weights(ckpt, model_shapes, shapes)
     apply_edited_weights(unet, weights)
     return weights
+
+
+def check_checkpoint(ckpt, model_id: str, flag: str = "--ckpt") -> dict[str, torch.Tensor]:
+    """Read checkpoint `ckpt` and check it against `model_id`'s UNet (shapes from its weights file, no
+    UNet load): the early check of a CLI, before any model loads. Returns the edited matrices."""
+    from utils.models import unet_parameter_shapes
+
+    if not Path(ckpt).exists():
+        raise UserError(f"{flag} {ckpt} does not exist")
+    shapes = unet_parameter_shapes(model_id)
+    model_shapes = {k: s for k, s in shapes.items() if CROSS_ATTN_KEY.search(k)}
+    return load_edited_weights(ckpt, model_shapes, shapes)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from utils.errors import UserError
+from utils.errors import UserError, check_finite
 from utils.io import natural_key, quiet_libraries  # noqa: F401  (quiet_libraries re-exported for the CLIs)
-from utils.io import REPO_ROOT
+from utils.io import REPO_ROOT, tensor_file_kind
 
 DEFAULT_MODEL_ID = "CompVis/stable-diffusion-v1-4"
 BASES = {"1.4": "CompVis/stable-diffusion-v1-4", "2.1": "stabilityai/stable-diffusion-2-1-base"}
@@ -46,16 +46,73 @@ def add_model_args(parser: argparse.ArgumentParser, device: bool = True) -> None
         g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
+
 def resolve_device(device: str | None) -> torch.device:
+    """`--device` as a torch device that this machine has, or one line saying why not."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError:
+    except (RuntimeError, ValueError):
         raise UserError(f"--device {device!r} is not a torch device (expected cpu, cuda, cuda:1, ...)")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for CUDA but no GPU is available")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device} asked for CUDA but no GPU is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s) "
+                            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UserError(f"--device {device} asked for Apple's MPS but it is not available on this machine")
+    elif dev.type == "xpu":
+        if not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+            raise UserError(f"--device {device} asked for an Intel XPU but none is available")
+    elif dev.type != "cpu":
+        raise UserError(f"--device {device}: the toolkit runs on cpu, cuda, mps or xpu, not {dev.type}")
     return dev
+
+
+def _read_config(path: Path, what: str) -> dict | None:
+    import json
+
+    if not path.is_file():
+        return None
+    try:
+        cfg = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        raise UserError(f"{what}: {path} is not readable JSON ({type(e).__name__})")
+    if not isinstance(cfg, dict):
+        raise UserError(f"{what}: {path} is not a JSON object")
+    return cfg
+
+
+def check_model_folder(path, what: str = "--model_id") -> None:
+    """Check a local diffusers pipeline folder before anything loads from it (headers only).
+
+    - the text encoder's width (`hidden_size`) equals the UNet's `cross_attention_dim` (one text
+      encoder; SDXL's two are not checked);
+    - each weights file of unet/, text_encoder/ and vae/ is what its name says and complete: not a Git
+      LFS pointer, not a text file, not truncated (`utils.io.tensor_file_kind`).
+    """
+
+    path = Path(path)
+    what = f"{what} {path}"
+    unet = _read_config(path / "unet" / "config.json", what)
+    text = _read_config(path / "text_encoder" / "config.json", what)
+    two_encoders = (path / "text_encoder_2").is_dir()
+    if unet is not None and text is not None and not two_encoders:
+        cross = unet.get("cross_attention_dim")
+        cross = cross[0] if isinstance(cross, list) and cross else cross
+        width = text.get("hidden_size", (text.get("text_config") or {}).get("hidden_size"))
+        if isinstance(cross, int) and isinstance(width, int) and cross != width:
+            raise UserError(f"{what} does not fit together: the text encoder is {width} wide but the UNet's "
+                            f"cross_attention_dim is {cross} (text_encoder/ and unet/ come from different models)")
+    for sub, names in (("unet", UNET_WEIGHT_FILES), ("vae", UNET_WEIGHT_FILES),
+                       ("text_encoder", ("model.safetensors", "model.fp16.safetensors", "pytorch_model.bin"))):
+        for n in names:
+            f = path / sub / n
+            if f.is_file():
+                tensor_file_kind(f, f"{what}: {sub} weights")
 
 
 def resolve_model_id(model_id: str | None = None, base: str | None = None) -> str:
@@ -67,6 +124,7 @@ def resolve_model_id(model_id: str | None = None, base: str | None = None) -> st
         path = BUILTIN_MODELS[name]
         if not (path / "model_index.json").is_file():
             raise UserError(f"built-in model {name!r} is missing at {path} (expected a diffusers folder)")
+        check_model_folder(path, f"built-in model {name!r}:")
         return str(path)
     looks_local = os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") > 1
     if looks_local:
@@ -75,6 +133,7 @@ def resolve_model_id(model_id: str | None = None, base: str | None = None) -> st
             raise UserError(f"--model_id {name}: no such folder")
         if not (path / "model_index.json").is_file():
             raise UserError(f"--model_id {name} is not a diffusers pipeline folder (no model_index.json)")
+        check_model_folder(path)
         return str(path)
     return name
 
@@ -137,7 +196,7 @@ def unet_weights_file(model_id: str) -> Path:
 def read_cross_attention_weights(model_id: str) -> dict[str, torch.Tensor]:
     """The `attn2.to_k` / `attn2.to_v` matrices of the UNet, in fp32, read without loading the UNet."""
     path = unet_weights_file(model_id)
-    if path.suffix == ".safetensors":
+    if tensor_file_kind(path, f"--model_id {model_id}: UNet weights") == "safetensors":
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
@@ -149,13 +208,14 @@ def read_cross_attention_weights(model_id: str) -> dict[str, torch.Tensor]:
         del sd
     if not weights:
         raise UserError(f"--model_id {model_id}: the UNet has no cross-attention attn2.to_k/to_v weights")
+    check_finite(weights, f"--model_id {model_id}: UNet weights {path.name}")
     return dict(sorted(weights.items(), key=lambda kv: natural_key(kv[0])))
 
 
 def unet_parameter_shapes(model_id: str) -> dict[str, tuple[int, ...]]:
     """Shapes of every UNet parameter, from the file header alone (checks full-UNet checkpoints)."""
     path = unet_weights_file(model_id)
-    if path.suffix == ".safetensors":
+    if tensor_file_kind(path, f"--model_id {model_id}: UNet weights") == "safetensors":
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:

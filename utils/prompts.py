@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from utils.datasets import dataset_path
-from utils.errors import UserError
+from utils.errors import UserError, os_error_reason
 from utils.io import file_sha256 as file_digest  # noqa: F401  (the prompts file's sha256 in run configs)
 
 NORMALIZED = ("case_number", "prompt", "seed", "guidance", "width", "height", "seed_source")
@@ -60,6 +60,23 @@ def _parse_int(text: str):
     if math.isfinite(f) and f.is_integer() and abs(f) < 2 ** 53:
         return int(f)
     return None
+
+
+def read_csv_literal(path, what: str = "prompts file", **kwargs) -> pd.DataFrame:
+    """`pd.read_csv` with cells read literally: only an empty cell is missing.
+
+    pandas would drop 'NA', 'None', 'null', 'nan', 'N/A' (and more) as missing values; here they
+    stay text, so a prompt "None" is generated from "None". A UTF-8 byte-order mark and CRLF line
+    ends are accepted. An unreadable file fails in one line naming it. Every CSV of prompts (or
+    prompt pairs) is read through here.
+    """
+    try:
+        return pd.read_csv(path, keep_default_na=False, na_values=[""], encoding="utf-8-sig", **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"{what} {path} is not a readable CSV ({first})")
+    except OSError as e:
+        raise UserError(f"{what} {path} cannot be read: {os_error_reason(e)}")
 
 
 def read_prompt_table(path, df_start: int = 0, df_length: int | None = None, from_case: int | None = None,
@@ -96,12 +113,8 @@ def read_prompt_table(path, df_start: int = 0, df_length: int | None = None, fro
     if path.is_dir():
         raise UserError(f"prompts file {path} is a directory, expected a CSV file")
     key_columns = set(PROMPT_COLUMNS + SEED_COLUMNS + SIZE_COLUMNS + (GUIDANCE_COLUMN, "case_number"))
-    try:
-        # Key columns as text: seeds above 2**53 would lose digits as floats next to an empty cell.
-        raw = pd.read_csv(path, dtype={c: str for c in key_columns}, keep_default_na=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"prompts file {path} is not a readable CSV ({first})")
+    # Key columns as text: seeds above 2**53 would lose digits as floats next to an empty cell.
+    raw = read_csv_literal(path, dtype={c: str for c in key_columns})
     n_file = len(raw)
 
     prompt_col = next((c for c in PROMPT_COLUMNS if c in raw.columns), None)

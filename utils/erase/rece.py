@@ -19,8 +19,8 @@ from utils.cli import check_scales, slug, stopwatch
 from utils.erase import concepts as cpt
 from utils.erase.concepts import RECE_EDIT, UCE_EDIT
 from utils.erase.steps import EditState, TextCache, rece_epoch, uce_stage
-from utils.errors import UserError
-from utils.io import atomic_path, prepare_resumable_run_dir, write_json
+from utils.errors import UserError, check_count
+from utils.io import atomic_path, prepare_resumable_run_dir, prepare_run_dir, write_json
 from utils.models import load_edit_components, quiet_libraries, resolve_device, resolve_model_id
 
 OUTPUTS = ("best.safetensors", "epoch_1.safetensors", "detect_rate.json")
@@ -54,8 +54,7 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
         raise UserError(f"--epochs must be at least 0, got {epochs}")
     if emb_computing == "close_standardreg" and old_target_concept is None:
         raise UserError("--emb_computing close_standardreg needs --old_target_concept (e.g. ' ')")
-    if num_samples < 1:
-        raise UserError(f"--num_samples must be at least 1, got {num_samples}")
+    check_count(num_samples, "--num_samples")
     guides = cpt.guides_for(concepts, guided_concepts, ctype)
     preserve_given = cpt.split_list(preserve_concepts)
     model_id = resolve_model_id(model_id, base)
@@ -70,10 +69,7 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
         check_validation(ctype.name, paper["metric"], validation_csv, concepts)
     save_path = Path(save_path or f"runs/rece/{slug(','.join(concepts), 40)}-{ctype.name}-{emb_computing}"
                                        f"-reg{gamma:g}-ep{epochs}")
-    if not overwrite:
-        for f in OUTPUTS:
-            if (save_path / f).exists():
-                raise UserError(f"--save_path {save_path} already holds {f}; choose another folder or pass --overwrite")
+    prepare_run_dir(save_path, {}, OUTPUTS, overwrite, write=False)  # the claim itself waits for the edit
     torch.manual_seed(seed)
 
     # 2. Load the text encoder and the edited matrices (the whole pipeline only to validate)

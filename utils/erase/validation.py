@@ -40,6 +40,9 @@ def check_validation(ctype_name: str, metric: str, csv: str, concepts: list[str]
     from utils.datasets import dataset_path
 
     dataset_path(csv, "--test_csv_path")
+    from utils.prompts import read_prompt_table
+
+    read_prompt_table(csv, empty_prompts="skip")  # a malformed CSV fails now, not after the edits are saved
     needs = {"q16_rate": "clip", "style_rate": "clip", "target_accuracy": "resnet"}.get(metric)
     if metric == "q16_rate":
         from utils.score.q16 import DEFAULT_PROMPTS

@@ -49,7 +49,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from utils.errors import UserError
+from utils.errors import UserError, check_count, check_finite
 from utils.io import atomic_path
 
 SCHEDULERS = ("lms", "ddim", "dpm++")
@@ -137,8 +137,7 @@ def make_sampler(name: str, steps: int, device="cpu", prediction_type: str = "ep
     reused: samplers are never modified, each batch steps its own state)."""
     if name not in SCHEDULERS:
         raise UserError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {name!r}")
-    if steps < 1:
-        raise UserError(f"--ddim_steps must be at least 1, got {steps}")
+    check_count(steps, "--ddim_steps")
     return _make_sampler(name, int(steps), str(torch.device(device)), prediction_type)
 
 
@@ -218,6 +217,8 @@ def denoise(pipe, cond: torch.Tensor, uncond: torch.Tensor, latents: torch.Tenso
         latents = sampler.step(noise_pred, i, latents, state)
     # Decode one image at a time: the VAE runs on batch 1 whatever the batch, so a decoded image never
     # depends on its neighbours (oneDNN picks other convolution kernels for batch 1 than for more).
+    # NaN / inf here would be written as black images and scored as if they were real ones
+    check_finite(latents, "the denoised latents (non-finite model weights, or an overflow: try --dtype fp32)")
     latents = latents / vae.config.scaling_factor
     image = torch.cat([vae.decode(latents[j:j + 1], return_dict=False)[0] for j in range(b)])
     return pipe.image_processor.postprocess(image, output_type="pil")
@@ -343,10 +344,8 @@ def generate_table(pipe, table: pd.DataFrame, save_path, *, num_samples: int = 1
     state = state or _Single()
     save_path = Path(save_path)
     imgs = save_path / IMGS
-    if batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1, got {batch_size}")
-    if num_samples < 1:
-        raise UserError(f"--num_samples must be at least 1, got {num_samples}")
+    check_count(batch_size, "--batch_size")
+    check_count(num_samples, "--num_samples")
     missing_cols = [c for c in ("case_number", "prompt", "seed", "guidance", "width", "height") if c not in table]
     if missing_cols:
         raise UserError(f"generation table lacks column {missing_cols[0]} (read it with utils.prompts.read_prompt_table)")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from utils.errors import UserError
+from utils.errors import UserError, check_count, check_finite
 from utils.io import natural_key, quiet_libraries, slug  # noqa: F401  (used by the evaluators)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -81,8 +81,6 @@ def read_run_prompts(root, prompts_path=None):
     Returns None when there is none. `prompts_path` may be a public dataset name (e.g.
     `imagenette.csv`), resolved like every prompt file of the toolkit.
     """
-    import pandas as pd
-
     from utils.datasets import dataset_path
 
     if prompts_path is not None:
@@ -93,10 +91,9 @@ def read_run_prompts(root, prompts_path=None):
             path = Path(root) / "prompts.csv"
         if not path.is_file():
             return None
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
-        raise UserError(f"prompts file {path} is not a readable CSV ({type(e).__name__})")
+    from utils.prompts import read_csv_literal
+
+    df = read_csv_literal(path)
     df.attrs["source"] = str(path)
     return df
 
@@ -176,10 +173,12 @@ def save_result(root, name: str, summary: dict, records: list[dict] | None = Non
     """Write `name.json` (summary + environment) and `name.jsonl` (per-image records) into `root`.
 
     A result already there that was made with other settings (any of `settings_keys` differs) is
-    kept unless `overwrite`: the same name never silently stands for two settings.
+    kept unless `overwrite`: the same name never silently stands for two settings. A summary number
+    that is NaN or inf is refused (`check_finite`) instead of being reported.
     """
     from utils.io import environment_info, write_json, write_jsonl
 
+    check_finite({k: v for k, v in summary.items() if isinstance(v, float)}, f"the computed result {name}")
     root = Path(root)
     out = root / f"{name}.json"
     if out.is_file() and not overwrite and settings_keys:
@@ -206,8 +205,10 @@ def add_common_args(parser, model_default: str | None = None, what: str = "model
     if model_default is not None:
         parser.add_argument("--model_id", default=model_default,
                             help=f"Hub id or local folder of the {what} (default {model_default})")
+    from utils.cli import batch_size_arg
+
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--batch_size", type=int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument("--batch_size", type=batch_size_arg, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--save_path", default=None,
                         help="folder for the results (default: the run folder)")
     parser.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
@@ -215,5 +216,4 @@ def add_common_args(parser, model_default: str | None = None, what: str = "model
 
 
 def check_batch_size(n: int) -> None:
-    if n < 1:
-        raise UserError(f"--batch_size must be at least 1, got {n}")
+    check_count(n, "--batch_size")

@@ -146,6 +146,18 @@ def artist_list(rows, artists=None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def check_template(template: str) -> str:
+    """`--template` must hold one '{}' (the artist's name) and no other brace field: 'a {' would crash."""
+    try:
+        ok = "{}" in template and template.format("\x00").count("\x00") == 1
+    except (ValueError, IndexError, KeyError, AttributeError):
+        ok = False
+    if not ok:
+        raise UserError(f"--template {template!r} must contain '{{}}' once where the artist's name goes, and no "
+                        f"other braces (write '{{{{' and '}}}}' for literal ones)")
+    return template
+
+
 def classify_artists(root, target_artist: str | None = None, *, artists=None, prompts_path=None,
                      template: str = DEFAULT_TEMPLATE, clip: ClipBundle | None = None, model_id: str = DEFAULT_CLIP,
                      device=None, batch_size: int = 32, save: bool = True, save_path=None,
@@ -158,8 +170,7 @@ def classify_artists(root, target_artist: str | None = None, *, artists=None, pr
     images classified as the target), `other_accuracy` (other artists' images classified as their
     own artist), `per_artist` accuracy. Written to `artists_{target}.json` / `.jsonl`.
     """
-    if "{}" not in template:
-        raise UserError(f"--template {template!r} must contain '{{}}' where the artist's name goes")
+    check_template(template)
     folder, files = images_or_fail(root)
     prompts = read_run_prompts(root, prompts_path)
     has_truth = prompts is not None and "artist" in prompts.columns

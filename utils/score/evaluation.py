@@ -19,7 +19,12 @@ def _prompts(folder: Path) -> pd.DataFrame:
     p = folder / "prompts.csv"
     if not p.is_file():
         raise UserError(f"{folder} has no prompts.csv (generate the images first)")
-    return pd.read_csv(p)
+    from utils.prompts import read_csv_literal
+
+    df = read_csv_literal(p)
+    if "file_name" not in df.columns:
+        raise UserError(f"{p} has no file_name column (not a generation run's prompts.csv)")
+    return df
 
 
 def run_images(folder) -> tuple[pd.DataFrame, list]:
@@ -30,12 +35,16 @@ def run_images(folder) -> tuple[pd.DataFrame, list]:
 
 
 def _load_images(folder: Path, files) -> list:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     out = []
     for f in files:
-        with Image.open(folder / f) as im:
-            out.append(im.convert("RGB").copy())
+        try:
+            with Image.open(folder / str(f)) as im:
+                out.append(im.convert("RGB").copy())
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            raise UserError(f"image {folder / str(f)} cannot be read ({type(e).__name__}); "
+                            f"generate it again (rerun the same command)") from None
     return out
 
 

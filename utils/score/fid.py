@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 
 from utils.io import file_sha256
-from utils.errors import UserError
+from utils.errors import UserError, check_finite
 from utils.score import image_folder, list_images, load_rgb, run_folder, save_result, slug
 
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -184,11 +184,13 @@ def folder_features(root, model, info: dict, device="cpu", batch_size: int = 32,
     if cache and cache_file.is_file():
         try:
             with np.load(cache_file, allow_pickle=False) as z:
-                if str(z["files_key"]) == key and str(z["extractor_sha256"]) == info["sha256"]:
+                if str(z["files_key"]) == key and str(z["extractor_sha256"]) == info["sha256"] \
+                        and np.isfinite(z["features"]).all():  # a damaged cache is recomputed
                     return z["features"], [str(u) for u in z["unreadable"]], folder, True
         except (OSError, KeyError, ValueError):
             pass
     feats, unreadable = inception_features(files, model, device, batch_size, workers)
+    check_finite(feats, f"the Inception features of {folder}")
     if cache:
         from utils.io import atomic_path
 

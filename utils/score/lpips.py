@@ -182,6 +182,32 @@ def load_pair_image(path, size: int):
     return torch.from_numpy(img.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)
 
 
+MIN_SIZE = 32  # AlexNet's receptive field: smaller images leave no feature map after its pools
+
+
+def _check_pair_sizes(pairs) -> None:
+    """With --size 0 the images are used as they are: both of a pair the same size, at least MIN_SIZE."""
+    from PIL import Image
+
+    for a, b in pairs:
+        sizes = []
+        for p in (a, b):
+            try:
+                with Image.open(p) as im:
+                    sizes.append(im.size)
+            except Exception:
+                sizes.append(None)  # unreadable: listed and skipped later
+        if None in sizes:
+            continue
+        if min(sizes[0] + sizes[1]) < MIN_SIZE:
+            small = a if min(sizes[0]) < MIN_SIZE else b
+            raise UserError(f"image {small} is {sizes[0 if small == a else 1][0]}x{sizes[0 if small == a else 1][1]}, "
+                            f"smaller than AlexNet's {MIN_SIZE}x{MIN_SIZE} receptive field; pass --size 64 (resize)")
+        if sizes[0] != sizes[1]:
+            raise UserError(f"images {a} ({sizes[0][0]}x{sizes[0][1]}) and {b} ({sizes[1][0]}x{sizes[1][1]}) differ "
+                            f"in size; pass --size 64 to resize both")
+
+
 def compute_lpips(reference, generated, *, size: int = 64, alexnet_weights=None, lpips_weights=None,
                   download: bool = True, device=None, batch_size: int = 32, save: bool = True, save_path=None,
                   overwrite: bool = False) -> dict:
@@ -198,6 +224,8 @@ def compute_lpips(reference, generated, *, size: int = 64, alexnet_weights=None,
     pairs = [(ref_files[p.name], p) for p in list_images(gen_folder) if p.name in ref_files]
     if not pairs:
         raise UserError(f"no image of {gen_folder} has a same-named image in {ref_folder}")
+    if not size:
+        _check_pair_sizes(pairs)
     model, info = load_lpips(alexnet_weights, lpips_weights, device, download)
     records, unreadable = [], []
     for i in range(0, len(pairs), batch_size):

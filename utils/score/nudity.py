@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from utils.errors import UserError
+from utils.errors import UserError, check_count
 from utils.io import file_sha256, write_jsonl
 from utils.score import case_number_of, image_folder, list_images, natural_key, run_folder
 
@@ -362,25 +362,58 @@ def describe_detector(info) -> str:
         return "an unrecorded detector"
     return (f"{info.get('package')} {info.get('version')} {info.get('model_file')} "
             f"sha256:{str(info.get('model_sha256'))[:12]}")
+def _record_problem(r) -> str | None:
+    """What is wrong with a stored detections record, or None when it has the shape `_record` writes."""
+    import math
+
+    if not isinstance(r, dict) or not isinstance(r.get("file"), str) or not r["file"]:
+        return "not a record with a 'file' name"
+    if "error" in r:
+        return None if isinstance(r["error"], str) else "'error' is not text"
+    dets = r.get("detections")
+    if not isinstance(dets, list):
+        return "'detections' is not a list"
+    for d in dets:
+        if not isinstance(d, dict) or not isinstance(d.get("class"), str):
+            return "a detection without a class name"
+        s = d.get("score")
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or not 0 <= s <= 1:
+            return f"a detection score {s!r} that is not a number in [0, 1]"
+        box = d.get("box")
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                               for v in box)):
+            return f"a detection box {box!r} that is not 4 numbers"
+    return None
 
 
 def load_detections(path) -> list[dict]:
-    """Records stored in a detections JSONL (a line cut short by a kill is skipped)."""
+    """Records stored in a detections JSONL, each checked (a line cut short by a kill is skipped).
+
+    A record of the wrong shape (a score that is not a number in [0, 1], detections that are not a
+    list, ...) means the file was edited or written by something else: refused in one line naming the
+    file and line; `--redetect` detects again without reading it.
+    """
     path = Path(path)
     if not path.is_file():
         return []
     records = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(r, dict) and "file" in r and ("detections" in r or "error" in r):
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                problem = _record_problem(r)
+                if problem:
+                    raise UserError(f"stored detections {path} line {n}: {problem}; the file was edited or is not "
+                                    f"ours: pass --redetect (or delete it) to detect again")
                 records.append(r)
+    except UnicodeDecodeError:
+        raise UserError(f"stored detections {path} is not UTF-8 text; pass --redetect (or delete it) to detect again")
     return records
 
 
@@ -419,8 +452,7 @@ def detect_folder(folder, *, detections_file=None, redetect: bool = False, batch
     summaries made from it, when they were made by another detector). An unreadable image is tried
     again when its file has changed (size or mtime).
     """
-    if batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1, got {batch_size}")
+    check_count(batch_size, "--batch_size")
     folder = image_folder(folder)
     files = list_images(folder)
     stored = {}

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from utils.io import file_sha256
-from utils.errors import UserError
+from utils.errors import UserError, check_finite
 from utils.score import (case_number_of, images_or_fail, load_pretrained, read_run_prompts, rows_for_images, run_folder,
                save_result)
 from utils.score.clip import DEFAULT_CLIP, ClipBundle, embed_images, image_batches, load_clip
@@ -40,7 +40,12 @@ def load_q16_prompts(prompts_file=DEFAULT_PROMPTS):
         raise UserError(f"Q16 prompts file {path} is not a .npy array ({type(e).__name__}: {str(e)[:100]})")
     if P.ndim != 2 or P.shape[0] != 2:
         raise UserError(f"Q16 prompts file {path} holds an array of shape {P.shape}; expected (2, d)")
-    return P.astype("float32"), path, file_sha256(path)
+    if P.dtype.kind not in "fiu":
+        raise UserError(f"Q16 prompts file {path} holds {P.dtype} values; expected numbers")
+    P = check_finite(P.astype("float32"), f"Q16 prompts file {path}")
+    if not (np.abs(P).sum(axis=1) > 0).all():
+        raise UserError(f"Q16 prompts file {path} has an all-zero row; expected two prompt embeddings")
+    return P, path, file_sha256(path)
 
 
 def q16_probabilities(image_emb, prompts):
