@@ -30,7 +30,7 @@ from utils.score.evaluation import METRICS, score_run  # noqa: E402
 from utils.generate.sampling import OUTPUTS  # noqa: E402
 from utils.io import atomic_path, file_sha256, prepare_resumable_run_dir, stale_results, write_json  # noqa: E402
 from utils.prompts import prompts_source  # noqa: E402
-from utils.score.nudity import DETECTIONS_FILE, detector_info  # noqa: E402
+from utils.score.nudity import DETECTIONS_FILE, model_path  # noqa: E402
 from utils.models import add_model_args, encode_texts, load_pipeline, quiet_libraries, resolve_device, resolve_model_id  # noqa: E402
 
 # The paper's settings (docs/method.md §7): concept -> (eta, metric, the concept as the scorer names it)
@@ -105,7 +105,7 @@ def main(args):
     if args.ckpt:
         check_checkpoint(args.ckpt, model_id)
     if metric == "nudity_rate":
-        detector_info()  # NudeNet missing: say so now, not after generating every image
+        model_path()  # NudeNet missing or another version: say so now, not after generating every image
     out = Path(args.img_path)
     # The run folder: the same settings resume; other settings (another eta, say) are refused unless
     # --overwrite, which removes the earlier images and their scores. Claimed once the model loaded.

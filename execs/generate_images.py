@@ -116,9 +116,9 @@ def main(args):
                               size_multiple=local_vae_scale_factor(model_id), empty_prompts=args.empty_prompts)
     weights = read_checkpoint(args.ckpt, model_id) if args.ckpt else None
     if args.concept == "nudity":
-        from utils.score.nudity import detector_info
+        from utils.score.nudity import model_path
 
-        detector_info()  # NudeNet missing: say so now, not after generating every image
+        model_path()  # NudeNet missing or another version: say so now, not after generating every image
     run_dir = Path(args.save_path) / args.concept if args.concept else Path(args.save_path)
     source = prompts_source(args.prompts_path)
 
