@@ -244,10 +244,23 @@ def load_edited_weights(ckpt, model_shapes: dict[str, tuple[int, ...]],
     return checkpoint_tensors(ck, lambda k: k in model_shapes), ck
 
 
-def changes_outside(ckpt: Checkpoint, keys) -> bool:
-    """Whether the checkpoint (or a parent) sets a tensor that is not in `keys`."""
+def changes_outside(ckpt: Checkpoint, keys, base_weights) -> list[str]:
+    """The tensors outside `keys` that the checkpoint (or a parent) sets to other values than the base
+    UNet's weights file `base_weights` holds. A full UNet whose only changes are the edited matrices
+    (the RECE and UCE authors' releases) gives []. Read one tensor at a time."""
     keys = set(keys)
-    return any(k not in keys for c in ckpt.chain() for k in c.keys)
+    outside = [(c, k) for c in ckpt.chain() for k in c.keys if k not in keys]
+    if not outside:
+        return []
+    base, _ = _load_tensors(Path(base_weights))
+    changed = []
+    for c in ckpt.chain():
+        tensors, _ = _load_tensors(c.path)
+        for k, t in tensors.items():
+            if k not in keys and k not in changed and (k not in base or not torch.equal(
+                    _materialize(t).to(torch.float32), _materialize(base[k]).to(torch.float32))):
+                changed.append(k)
+    return changed
 
 
 def apply_edited_weights(unet, weights: dict[str, torch.Tensor]) -> None:

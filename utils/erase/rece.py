@@ -21,7 +21,7 @@ from utils.erase.concepts import RECE_EDIT, UCE_EDIT
 from utils.erase.steps import EditState, TextCache, rece_epoch, uce_stage
 from utils.errors import UserError
 from utils.io import atomic_path, prepare_resumable_run_dir, write_json
-from utils.models import load_edit_components, quiet_libraries, resolve_device, resolve_model_id
+from utils.models import load_edit_components, quiet_libraries, resolve_device, resolve_model_id, unet_weights_file
 
 OUTPUTS = ("best.safetensors", "epoch_1.safetensors", "detect_rate.json")
 OTHER_OUTPUTS = ("validation", "uce.safetensors", "adv_embeddings.safetensors", "timing.json")
@@ -81,13 +81,14 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
     timing = {}
     with stopwatch(timing, "load_seconds"):
         tokenizer, text_encoder, W_orig, unet_shapes, pipe = load_edit_components(model_id, device, pipeline=validate)
-        W_start, start_ck, parent = None, None, None
+        W_start, start_ck, parent, outside = None, None, None, []
         if start not in ("", "uce"):
             model_shapes = {k: tuple(v.shape) for k, v in W_orig.items()}
             W_start, start_ck = load_edited_weights(start, model_shapes, unet_shapes)
             missing = [k for k in W_orig if k not in W_start]
             W_start.update({k: W_orig[k] for k in missing})  # a partial checkpoint edits only its keys
-            if changes_outside(start_ck, W_orig):
+            outside = changes_outside(start_ck, W_orig, unet_weights_file(model_id))
+            if outside:
                 # It also changes tensors the edit does not touch (ESD-u, ESD-x's to_q / to_out, ...):
                 # our files hold the edited matrices and record it as their parent, applied first.
                 parent = parent_record(start_ck)
@@ -137,6 +138,7 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
               "num_edited_matrices": len(W_orig),
               "start_checkpoint": None if start_ck is None else
               {"path": str(start_ck.path.resolve()), "tensors": len(start_ck.keys),
+               "changed_outside_edit": len(outside),
                "applied_as": "parent (recorded in every checkpoint's metadata, applied before it)" if parent
                else "its attn2.to_k/to_v matrices (it changes nothing else)",
                "parent": parent}}
