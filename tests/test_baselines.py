@@ -348,3 +348,27 @@ def test_esd_bad_input(extra, message, tiny_pipeline_dir, tmp_path):
                       "--save_path", out, check=False)
     assert message in one_line_exit_2(proc)
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The shapes model: ESD-x with the table's defaults erases red; SLD-max lowers it
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_esd_and_sld_on_the_shapes_model(tmp_path):
+    """The README's ESD command on the built-in model: at most 20% red on the red prompts, the other
+    colours at least 80% right; SLD max steered away from 'red' draws red less often than the base."""
+    run_script("execs/shapes_data.py", "--concept", "red", "--save_path", tmp_path / "data")
+    run_script("execs/train_esd.py", "--concepts", "red", "--concept_type", "colour", "--model_id", "shapes",
+               "--train_method", "esd-x", "--save_path", tmp_path / "esd", "--no-progress", timeout=3600)
+    gen = ["--prompts_path", tmp_path / "data" / "eval_prompts.csv", "--model_id", "shapes", "--ddim_steps", "25",
+           "--batch_size", "25", "--no-progress"]
+    run_script("execs/generate_images.py", *gen, "--save_path", tmp_path / "sd")
+    run_script("execs/generate_images.py", *gen, "--ckpt", tmp_path / "esd" / "esd.safetensors",
+               "--save_path", tmp_path / "esd_gen")
+    run_script("execs/generate_images.py", *gen, "--sld", "max", "--sld_concept", "red", "--save_path", tmp_path / "sld")
+    run_script("execs/shapes_table.py", "--concept", "red", "--runs", f"SD={tmp_path / 'sd'}",
+               f"ESD={tmp_path / 'esd_gen'}", f"SLD={tmp_path / 'sld'}", "--out", tmp_path / "table")
+    rows = json.loads((tmp_path / "table.json").read_text())["rows"]
+    assert rows["ESD"]["erased_rate"] <= 0.20 and rows["ESD"]["other_colour_accuracy"] >= 0.80, rows
+    assert rows["SLD"]["erased_rate"] < rows["SD"]["erased_rate"], rows

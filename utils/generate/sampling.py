@@ -7,7 +7,9 @@ writes `imgs/{case_number}_{k}.png` for sample k of each row and a `prompts.csv`
 Semantics (docs/method.md §5):
 - Sampler: LMS (beta 0.00085 to 0.012, scaled_linear, 1000 train steps, the authors' scheduler), 50
   steps by default; DDIM and DPM-Solver++ as options. Classifier-free guidance with the empty prompt as
-  negative: eps = eps(uncond) + g * (eps(cond) - eps(uncond)), g per row.
+  negative: eps = eps(uncond) + g * (eps(cond) - eps(uncond)), g per row. Optionally Safe Latent
+  Diffusion (`sld=`, docs/method.md §11): the UNet also sees a safety concept and the guidance is
+  StableDiffusionPipelineSafe's, in the same batched, seeded, resumable loop.
 - Initial noise: per row ONE draw `randn((num_samples, C, h/f, w/f))` in float32 from
   `torch.Generator("cpu").manual_seed(row seed)`, then moved to the device and dtype (f = the VAE's
   scale factor, 8 for SD). The noise therefore depends only on the row: not on batch size, process
