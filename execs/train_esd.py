@@ -103,7 +103,8 @@ def main(args):
                        save_every=args.save_every, metadata=meta, progress=args.progress)
     write_json(save_path / "result.json", {**result, "settings": identity})
     print(f"ESD ({args.train_method}) erased {', '.join(concepts)}: {result['iterations']} iterations "
-          f"({result['trained_tensors']} tensors, {result['trained_parameters']:,} parameters trained); "
+          f"({result['trained_tensors']} tensors, {result['trained_parameters']:,} parameters trained; "
+          f"{result['train_wall_seconds']:.0f} s, {result['train_cpu_seconds']:.0f} s of CPU time); "
           f"{save_path / ESD_FILE}")
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import torch
@@ -143,7 +144,8 @@ def train_esd(pipe, concepts: list[str], train_method: str, *, save_path, negati
     Saves the trained tensors (and, for resuming, the optimizer's moments and the losses) every
     `save_every` iterations and at the end; a SAVE_PATH holding a resume state continues from it (the
     caller checks that its settings are the same: `execs/train_esd.py` does with config.json).
-    Returns {"iterations", "resumed_from", "final_loss", "trained_tensors", "trained_parameters"}.
+    Returns {"iterations", "resumed_from", "final_loss", "trained_tensors", "trained_parameters",
+    "train_wall_seconds", "train_cpu_seconds"}.
     """
     from torch.func import functional_call
     from tqdm.auto import tqdm
@@ -198,6 +200,7 @@ def train_esd(pipe, concepts: list[str], train_method: str, *, save_path, negati
         write_json(save_path / LOSSES_FILE, {"iterations": i, "loss": losses})
 
     # 4. The loop: sample x_t with the model being trained, predict with the frozen set, step
+    wall, cpu = time.perf_counter(), time.process_time()
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=f"ESD ({train_method})",
                disable=not progress, dynamic_ncols=True)
     for i in bar:
@@ -225,4 +228,7 @@ def train_esd(pipe, concepts: list[str], train_method: str, *, save_path, negati
     if start < iterations or not (save_path / ESD_FILE).is_file():
         save(iterations)
     return {"iterations": iterations, "resumed_from": start, "final_loss": losses[-1] if losses else None,
-            "trained_tensors": len(names), "trained_parameters": int(sum(frozen[n].numel() for n in names))}
+            "trained_tensors": len(names), "trained_parameters": int(sum(frozen[n].numel() for n in names)),
+            # this process's loop (a resumed run counts its own iterations only); CPU time is what the
+            # loop costs on an idle machine with as many threads as it used
+            "train_wall_seconds": time.perf_counter() - wall, "train_cpu_seconds": time.process_time() - cpu}
