@@ -1,7 +1,8 @@
 """ESD: erasing a concept by fine-tuning the UNet (Gandikota et al. 2023; docs/method.md §11).
 
     from utils.erase.esd import train_esd
-    train_esd(pipe, ["red"], "esd-x", save_path="runs/esd-red", iterations=300, lr=1e-4, ddim_steps=25)
+    train_esd(pipe, ["red"], "esd-x", save_path="runs/esd-red", negative_guidance=0.5, iterations=150,
+              lr=3e-5, ddim_steps=25)   # the shapes world's colour defaults
 
 The objective: with the frozen model theta and the trained copy theta*, a latent x_t sampled by the
 model being trained from the concept prompt c (classifier-free guidance `start_guidance`, DDIM) for a
