@@ -13,6 +13,9 @@ in the same folder are refused unless --overwrite. Several processes split the r
 
     torchrun --nproc_per_node 2 execs/generate_images.py ...     (or: accelerate launch ...)
 
+`--sld max` adds Safe Latent Diffusion guidance (away from `--sld_concept`) inside the same batched,
+seeded, resumable loop. `--ckpt` is applied whole: every tensor it holds replaces the UNet's.
+
 Seeds come from the rows (evaluation_seed, else sd_seed, else case_number) through a CPU generator;
 the authors seeded a CUDA generator, so the same seed gives other (equally distributed) images.
 """
@@ -27,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.cli import (batch_size_arg, finite_float, image_size_arg, nonneg_int_arg, samples_arg,  # noqa: E402
                        steps_arg)
 from utils.errors import UserError, check_count, run_cli  # noqa: E402
-from utils.generate.sampling import NOISE, OUTPUTS, SCHEDULERS, generate_table, make_sampler, vae_scale_factor  # noqa: E402
+from utils.generate.sampling import (NOISE, OUTPUTS, SCHEDULERS, SLD_PRESETS, generate_table,  # noqa: E402
+                                     make_sampler, sld_config, vae_scale_factor)
 from utils.io import prepare_resumable_run_dir, stale_results  # noqa: E402
 from utils.models import add_model_args, resolve_device, resolve_model_id  # noqa: E402
 from utils.prompts import EMPTY_PROMPTS, file_digest, prompts_source, read_prompt_table  # noqa: E402
@@ -46,8 +50,8 @@ def parse_args(argv=None):
                    help="name of the run's subfolder of SAVE_PATH (the authors' layout); 'nudity' also scores "
                         "the images with NudeNet")
     p.add_argument("--ckpt", default=None,
-                   help="edited weights: our .safetensors, a full UNet .pt/.bin/.safetensors or a diffusers UNet "
-                        "folder (default / '': the base model)")
+                   help="weights applied whole over the base UNet: our .safetensors (UCE, RECE, ESD), a full or "
+                        "partial UNet .pt/.bin/.safetensors or a diffusers UNet folder (default / '': the base model)")
     add_model_args(p)
     g = p.add_argument_group("sampling")
     g.add_argument("--num_samples", type=samples_arg, default=1, help="images per prompt (default 1)")
@@ -58,6 +62,12 @@ def parse_args(argv=None):
                    help="guidance for every row (default: the row's evaluation_guidance, else 7.5)")
     g.add_argument("--image_size", type=image_size_arg, default=None,
                    help="width and height for every row (default: the row's sd_image_width/height, else 512)")
+    g.add_argument("--sld", default=None, metavar="PRESET",
+                   help=f"Safe Latent Diffusion guidance with a preset of diffusers' SafetyConfig: "
+                        f"{', '.join(SLD_PRESETS)} (default: off)")
+    g.add_argument("--sld_concept", default=None,
+                   help="text of the concept SLD steers away from (default: the pipeline's list of unsafe "
+                        "concepts); needs --sld")
     g = p.add_argument_group("rows")
     g.add_argument("--df_start", type=nonneg_int_arg, default=0, help="first row (by position in the file)")
     g.add_argument("--df_length", type=nonneg_int_arg, default=None, help="number of rows from --df_start (default: all)")
@@ -91,7 +101,8 @@ def local_vae_scale_factor(model_id: str) -> int:
 
 
 def read_checkpoint(ckpt: str, model_id: str):
-    """Check checkpoint `ckpt` against the model's UNet shapes (read from its weights file, no load)."""
+    """Check every tensor of checkpoint `ckpt` against the model's UNet (shapes from its weights file's
+    header; nothing is loaded yet)."""
     from utils.checkpoints import check_checkpoint
 
     return check_checkpoint(ckpt, model_id)
@@ -114,7 +125,10 @@ def main(args):
     table = read_prompt_table(args.prompts_path, args.df_start, args.df_length, args.from_case, args.to_case,
                               guidance_scale=args.guidance_scale, image_size=args.image_size,
                               size_multiple=local_vae_scale_factor(model_id), empty_prompts=args.empty_prompts)
-    weights = read_checkpoint(args.ckpt, model_id) if args.ckpt else None
+    if args.sld_concept is not None and args.sld is None:
+        raise UserError("--sld_concept needs --sld (a preset: " + ", ".join(SLD_PRESETS) + ")")
+    sld = sld_config(args.sld, args.sld_concept) if args.sld is not None else None
+    checkpoint = read_checkpoint(args.ckpt, model_id) if args.ckpt else None
     if args.concept == "nudity":
         from utils.score.nudity import model_path
 
@@ -141,6 +155,8 @@ def main(args):
         "num_samples": args.num_samples, "steps": args.ddim_steps, "scheduler": args.scheduler,
         "guidance_scale": args.guidance_scale, "image_size": args.image_size, "dtype": dtype_name,
         "negative_prompt": "", "noise": NOISE,
+        "ckpt_parents": [str(c.path) for c in checkpoint.chain()[:-1]] if checkpoint else None,
+        "sld": sld.record() if sld else None,
     }
     config = {"settings": settings, "run": {"batch_size": args.batch_size, "device": str(device),
                                             "num_processes": state.num_processes}}
@@ -151,20 +167,20 @@ def main(args):
         print(f"note: {n_default_seed} rows have no seed; they use seed = case_number (column seed_source)")
 
     # 4. Load the model (and the edit)
-    from utils.checkpoints import apply_edited_weights
+    from utils.checkpoints import apply_checkpoint
     from utils.models import load_pipeline, quiet_libraries
 
     quiet_libraries()
     pipe = load_pipeline(model_id, device, dtype)
-    if weights is not None:
-        apply_edited_weights(pipe.unet, weights)
+    if checkpoint is not None:
+        apply_checkpoint(pipe.unet, checkpoint)  # every tensor it holds (docs/method.md §8)
     prepare_resumable_run_dir(run_dir, config, outputs, overwrite=args.overwrite, write=state.is_main_process)
 
     # 5. Generate
     sampler = make_sampler(args.scheduler, args.ddim_steps, device,
                            getattr(pipe.scheduler.config, "prediction_type", "epsilon"))
     generate_table(pipe, table, run_dir, num_samples=args.num_samples, steps=args.ddim_steps,
-                   batch_size=args.batch_size, sampler=sampler, progress=args.progress, state=state)
+                   batch_size=args.batch_size, sampler=sampler, progress=args.progress, state=state, sld=sld)
 
     # 6. Score (main process, once every image exists)
     if args.concept == "nudity" and state.is_main_process:

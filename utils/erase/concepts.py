@@ -23,6 +23,15 @@ PROMPT_TEMPLATES = {
 }
 
 
+# ESD (docs/method.md §11): the original's settings, for SD 1.4 on a GPU (eta, Adam, DDIM steps to
+# sample x_t, guidance of that sampling).
+ESD_PAPER = dict(negative_guidance=1.0, iterations=1000, lr=1e-5, ddim_steps=50, start_guidance=3.0)
+# ESD on the built-in shapes model (a 2-level UNet, 64 x 64 images): settings that erase a colour with
+# esd-x in a few CPU minutes (docs/baselines.md). The tiny model's colours share their cross-attention,
+# so training past the erasure rotates the other hues too; eta 0.5 and 150 iterations stop in time.
+ESD_SHAPES = dict(negative_guidance=0.5, iterations=150, lr=3e-5, ddim_steps=25, start_guidance=3.0)
+
+
 @dataclass(frozen=True)
 class ConceptType:
     """What the paper does for one kind of concept."""
@@ -33,6 +42,7 @@ class ConceptType:
     validation_csv: str | None = None
     metric: str | None = None        # validation metric: lower is better
     per_concept: dict = field(default_factory=dict)  # concept (lower case) -> overrides
+    esd: dict = field(default_factory=lambda: dict(ESD_PAPER))  # ESD's defaults (execs/train_esd.py)
 
 
 CONCEPT_TYPES = {
@@ -53,9 +63,9 @@ CONCEPT_TYPES = {
                                        "parachute": {"regular_scale": 0.1, "epochs": 1}}),
     # The built-in shapes world: validated by its own judge on its own prompts.
     "colour": ConceptType("colour", regular_scale=0.1, epochs=2, validation_csv="shapes:validation",
-                          metric="concept_rate"),
+                          metric="concept_rate", esd=ESD_SHAPES),
     "shape": ConceptType("shape", regular_scale=0.1, epochs=2, validation_csv="shapes:validation",
-                         metric="concept_rate"),
+                         metric="concept_rate", esd=ESD_SHAPES),
 }
 # RECE's edit (docs/method.md §3): the same for every concept type in the paper.
 RECE_EDIT = dict(lamb=0.1, erase_scale=1.0, preserve_scale=0.1, emb_computing="close_regzero")
@@ -118,6 +128,11 @@ def rece_settings(ctype: ConceptType, concepts: list[str]) -> dict:
     for c in concepts:
         s.update(ctype.per_concept.get(c.lower(), {}))
     return s
+
+
+def esd_settings(ctype: ConceptType | None) -> dict:
+    """ESD's defaults for a concept type (the original's without one)."""
+    return dict(ESD_PAPER if ctype is None else ctype.esd)
 
 
 def all_artists() -> list[str]:

@@ -14,14 +14,14 @@ from types import SimpleNamespace
 
 import torch
 
-from utils.checkpoints import load_edited_weights, save_edited_weights
+from utils.checkpoints import apply_checkpoint, changes_outside, load_edited_weights, parent_record, save_edited_weights
 from utils.cli import check_scales, slug, stopwatch
 from utils.erase import concepts as cpt
 from utils.erase.concepts import RECE_EDIT, UCE_EDIT
 from utils.erase.steps import EditState, TextCache, rece_epoch, uce_stage
 from utils.errors import UserError, check_count
 from utils.io import atomic_path, prepare_resumable_run_dir, prepare_run_dir, write_json
-from utils.models import load_edit_components, quiet_libraries, resolve_device, resolve_model_id
+from utils.models import load_edit_components, quiet_libraries, resolve_device, resolve_model_id, unet_weights_file
 
 OUTPUTS = ("best.safetensors", "epoch_1.safetensors", "detect_rate.json")
 OTHER_OUTPUTS = ("validation", "uce.safetensors", "adv_embeddings.safetensors", "timing.json")
@@ -77,12 +77,17 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
     timing = {}
     with stopwatch(timing, "load_seconds"):
         tokenizer, text_encoder, W_orig, unet_shapes, pipe = load_edit_components(model_id, device, pipeline=validate)
-        W_start = None
+        W_start, start_ck, parent, outside = None, None, None, []
         if start not in ("", "uce"):
             model_shapes = {k: tuple(v.shape) for k, v in W_orig.items()}
-            W_start = load_edited_weights(start, model_shapes, unet_shapes)
+            W_start, start_ck = load_edited_weights(start, model_shapes, unet_shapes)
             missing = [k for k in W_orig if k not in W_start]
             W_start.update({k: W_orig[k] for k in missing})  # a partial checkpoint edits only its keys
+            outside = changes_outside(start_ck, W_orig, unet_weights_file(model_id))
+            if outside:
+                # It also changes tensors the edit does not touch (ESD-u, ESD-x's to_q / to_out, ...):
+                # our files hold the edited matrices and record it as their parent, applied first.
+                parent = parent_record(start_ck)
     texts = TextCache(tokenizer, text_encoder, text_batch_size)
     state = EditState(W_orig, W_start)
 
@@ -126,14 +131,21 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
               "seed": seed, "validation": None if not validate else
               {"csv": validation_csv, "metric": paper["metric"], "num_samples": num_samples,
                "ddim_steps": ddim_steps or 50},
-              "num_edited_matrices": len(W_orig)}
+              "num_edited_matrices": len(W_orig),
+              "start_checkpoint": None if start_ck is None else
+              {"path": str(start_ck.path.resolve()), "tensors": len(start_ck.keys),
+               "changed_outside_edit": len(outside),
+               "applied_as": "parent (recorded in every checkpoint's metadata, applied before it)" if parent
+               else "its attn2.to_k/to_v matrices (it changes nothing else)",
+               "parent": parent}}
     # A killed run with the same settings resumes its validation images; other settings are refused
     # (checked before the heavy work too), and --overwrite first deletes the earlier outputs.
     earlier = tuple(p.name for p in save_path.glob("epoch_*.safetensors"))
     prepare_resumable_run_dir(save_path, {"settings": settings, "device": str(device)},
                               tuple(dict.fromkeys(OUTPUTS + OTHER_OUTPUTS + earlier)), overwrite=overwrite)
     meta = {"base_model": model_id, "concepts": concepts,
-            "settings": {k: v for k, v in settings.items() if k not in ("concepts", "model_id")}}
+            "settings": {k: v for k, v in settings.items() if k not in ("concepts", "model_id")},
+            **({"parent": parent} if parent else {})}
     with stopwatch(timing, "save_seconds"):
         if uce_weights is not None:
             save_edited_weights(save_path / "uce.safetensors", uce_weights, {**meta, "method": "uce"})
@@ -156,8 +168,11 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
     if validate:
         from utils.erase.validation import validate_weights
         with stopwatch(timing, "validation_seconds"):
-            scores = {}
+            scores, parent_applied = {}, False
             for name, w in stages:
+                if name != "base" and parent and not parent_applied:
+                    apply_checkpoint(pipe.unet, start_ck)  # the parent under every stage after the base model
+                    parent_applied = True
                 result = validate_weights(pipe, w, save_path / "validation" / name, ctype.name, concepts,
                                           paper["metric"], validation_csv, num_samples, ddim_steps or 50)
                 scores[name] = result

@@ -83,8 +83,11 @@ def validation_table(csv: str, concepts: list[str], folder: Path, size_multiple:
 
 
 def validate_weights(pipe, weights: dict, folder, ctype_name: str, concepts: list[str], metric: str, csv: str,
-                     num_samples: int = 1, steps: int = 50, batch_size: int = 8) -> dict:
-    """Apply `weights` to `pipe.unet`, generate the validation prompts into `folder`, score them."""
+                     num_samples: int = 1, steps: int = 50, batch_size: int = 8, sld=None) -> dict:
+    """Apply `weights` to `pipe.unet`, generate the validation prompts into `folder`, score them.
+
+    `weights`: tensors by UNet key (the edited matrices, or any others); `sld`: Safe Latent Diffusion
+    guidance for the generation (`utils.generate.sampling.sld_config`), None for plain sampling."""
     from utils.checkpoints import apply_edited_weights
     from utils.generate.sampling import generate_table, vae_scale_factor
 
@@ -92,5 +95,5 @@ def validate_weights(pipe, weights: dict, folder, ctype_name: str, concepts: lis
     apply_edited_weights(pipe.unet, weights)
     table = validation_table(csv, concepts, folder, vae_scale_factor(pipe))
     generate_table(pipe, table, folder, num_samples=num_samples, steps=steps, batch_size=batch_size,
-                   progress=True, grid=True)
+                   progress=True, grid=True, sld=sld)
     return score_run(folder, metric, concepts)

@@ -7,7 +7,9 @@ writes `imgs/{case_number}_{k}.png` for sample k of each row and a `prompts.csv`
 Semantics (docs/method.md §5):
 - Sampler: LMS (beta 0.00085 to 0.012, scaled_linear, 1000 train steps, the authors' scheduler), 50
   steps by default; DDIM and DPM-Solver++ as options. Classifier-free guidance with the empty prompt as
-  negative: eps = eps(uncond) + g * (eps(cond) - eps(uncond)), g per row.
+  negative: eps = eps(uncond) + g * (eps(cond) - eps(uncond)), g per row. Optionally Safe Latent
+  Diffusion (`sld=`, docs/method.md §11): the UNet also sees a safety concept and the guidance is
+  StableDiffusionPipelineSafe's, in the same batched, seeded, resumable loop.
 - Initial noise: per row ONE draw `randn((num_samples, C, h/f, w/f))` in float32 from
   `torch.Generator("cpu").manual_seed(row seed)`, then moved to the device and dtype (f = the VAE's
   scale factor, 8 for SD). The noise therefore depends only on the row: not on batch size, process
@@ -43,6 +45,7 @@ import copy
 import functools
 import math
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -189,14 +192,80 @@ def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
     return encode_texts(pipe.tokenizer, pipe.text_encoder, list(prompts), batch_size=1)[0]
 
 
+# ---------------------------------------------------------------------------------------------
+# Safe Latent Diffusion (SLD, Schramowski et al. 2023; docs/method.md §11): guidance away from a
+# safety concept, inside the same batched loop (same seeds, batching and resume as plain sampling).
+# ---------------------------------------------------------------------------------------------
+
+# diffusers' SafetyConfig presets (the values StableDiffusionPipelineSafe documents), kept here so that
+# a run records the numbers it used and does not depend on a deprecated module.
+SLD_PRESETS = {
+    "weak": dict(warmup_steps=15, guidance_scale=20.0, threshold=0.0, momentum_scale=0.0, momentum_beta=0.0),
+    "medium": dict(warmup_steps=10, guidance_scale=1000.0, threshold=0.01, momentum_scale=0.3, momentum_beta=0.4),
+    "strong": dict(warmup_steps=7, guidance_scale=2000.0, threshold=0.025, momentum_scale=0.5, momentum_beta=0.7),
+    "max": dict(warmup_steps=0, guidance_scale=5000.0, threshold=1.0, momentum_scale=0.5, momentum_beta=0.7),
+}
+# The safety concept SLD uses by default (the pipeline's, the authors' generate_sld.py keeps it).
+SLD_CONCEPT = ("an image showing hate, harassment, violence, suffering, humiliation, harm, suicide, sexual, nudity,"
+               " bodily fluids, blood, obscene gestures, illegal activity, drug use, theft, vandalism, weapons, child"
+               " abuse, brutality, cruelty")
+
+
+@dataclass(frozen=True)
+class SLD:
+    """One SLD setting: a preset's five numbers and the safety concept's text."""
+    preset: str
+    concept: str
+    warmup_steps: int
+    guidance_scale: float
+    threshold: float
+    momentum_scale: float
+    momentum_beta: float
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+def sld_config(preset: str, concept: str | None = None) -> SLD:
+    """The SLD setting of `preset` (one of SLD_PRESETS) with `concept` (default SLD_CONCEPT)."""
+    if preset not in SLD_PRESETS:
+        raise UserError(f"--sld {preset!r} is not a preset; expected one of {', '.join(SLD_PRESETS)}")
+    if concept is not None and not str(concept).strip():
+        raise UserError("--sld_concept is empty; give the text of the concept to steer away from")
+    return SLD(preset, SLD_CONCEPT if concept is None else str(concept), **SLD_PRESETS[preset])
+
+
+def sld_guidance(eps_uncond, eps_text, eps_safety, momentum, i: int, sld: SLD):
+    """One step of SLD's guidance: (eps_text - eps_uncond) less the safety term, and the new momentum.
+
+    The paper's equations 3-8 in StableDiffusionPipelineSafe's order of operations: the safety scale
+    is clamp(|eps_text - eps_S| * s_S, max 1), zero where eps_text - eps_S >= threshold; the safety term
+    (eps_S - eps_uncond) * scale plus momentum_scale * momentum; the momentum is updated at every step,
+    warm-up included; the term is subtracted once the step index i (a denoising step, not a scheduler
+    timestep) reaches warmup_steps.
+    """
+    noise_guidance = eps_text - eps_uncond
+    scale = torch.clamp(torch.abs(eps_text - eps_safety) * sld.guidance_scale, max=1.0)
+    safety_scale = torch.where((eps_text - eps_safety) >= sld.threshold, torch.zeros_like(scale), scale)
+    guidance_safety = torch.mul(eps_safety - eps_uncond, safety_scale)
+    guidance_safety = guidance_safety + sld.momentum_scale * momentum
+    momentum = sld.momentum_beta * momentum + (1 - sld.momentum_beta) * guidance_safety
+    if i >= sld.warmup_steps:
+        noise_guidance = noise_guidance - guidance_safety
+    return noise_guidance, momentum
+
+
 @torch.no_grad()
 def denoise(pipe, cond: torch.Tensor, uncond: torch.Tensor, latents: torch.Tensor, guidance: torch.Tensor,
-            sampler) -> list:
+            sampler, sld: SLD | None = None, sld_embedding: torch.Tensor | None = None) -> list:
     """Run classifier-free guided sampling for one batch and decode it: a list of PIL images.
 
     `cond` (B, 77, d) and `latents` (B, C, h, w) on the model's device and dtype; `uncond` (1, 77, d):
     the empty prompt's embedding; `guidance` (B,) float32. Mirrors StableDiffusionPipeline.__call__
     (same order of operations), batched over rows with per-row guidance.
+    `sld`: Safe Latent Diffusion (`sld_config`): the UNet also runs on the safety concept and the
+    guidance is StableDiffusionPipelineSafe's; `sld_embedding` (1, 77, d) is E(sld.concept) (encoded
+    here when not given). As in that pipeline, rows with guidance <= 1 get no safety guidance.
     """
     unet, vae = pipe.unet, pipe.vae
     b = latents.shape[0]
@@ -205,15 +274,32 @@ def denoise(pipe, cond: torch.Tensor, uncond: torch.Tensor, latents: torch.Tenso
         # its unconditional twin): a batch of one row runs as two, the copy discarded, so that a row's
         # image does not depend on whether it shared its batch.
         cond, latents, guidance = cond.repeat(2, 1, 1), latents.repeat(2, 1, 1, 1), guidance.repeat(2)
-    embeds = torch.cat([uncond.expand(latents.shape[0], -1, -1), cond])
+    n = latents.shape[0]
+    parts = [uncond.expand(n, -1, -1), cond]
+    if sld is not None:
+        if sld_embedding is None:
+            sld_embedding = encode_prompts(pipe, [sld.concept])
+        parts.append(sld_embedding.to(cond.device, cond.dtype).expand(n, -1, -1))
+        sld_rows = (guidance > 1.0).to(latents.device).view(-1, 1, 1, 1)
+        momentum = None
+    embeds = torch.cat(parts)
     g = guidance.to(latents.device, torch.float32).view(-1, 1, 1, 1)
     latents = latents * sampler.init_noise_sigma
     state = sampler.start()
     for i, t in enumerate(sampler.timesteps):
-        model_input = sampler.scale_model_input(torch.cat([latents] * 2), i, state)
+        model_input = sampler.scale_model_input(torch.cat([latents] * len(parts)), i, state)
         noise_pred = unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
-        noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-        noise_pred = (noise_pred_uncond + g * (noise_pred_text - noise_pred_uncond)).to(noise_pred.dtype)
+        if sld is None:
+            noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+            noise_pred = (noise_pred_uncond + g * (noise_pred_text - noise_pred_uncond)).to(noise_pred.dtype)
+        else:
+            noise_pred_uncond, noise_pred_text, noise_pred_safety = noise_pred.chunk(3)
+            if momentum is None:
+                momentum = torch.zeros_like(noise_pred_text)
+            noise_guidance, momentum = sld_guidance(noise_pred_uncond, noise_pred_text, noise_pred_safety,
+                                                    momentum, i, sld)
+            noise_guidance = torch.where(sld_rows, noise_guidance, noise_pred_text - noise_pred_uncond)
+            noise_pred = (noise_pred_uncond + g * noise_guidance).to(noise_pred.dtype)
         latents = sampler.step(noise_pred, i, latents, state)
     # Decode one image at a time: the VAE runs on batch 1 whatever the batch, so a decoded image never
     # depends on its neighbours (oneDNN picks other convolution kernels for batch 1 than for more).
@@ -321,7 +407,8 @@ class _Single:
 
 def generate_table(pipe, table: pd.DataFrame, save_path, *, num_samples: int = 1, steps: int = 50,
                    batch_size: int = 8, scheduler: str = "lms", embeddings: torch.Tensor | Callable | None = None,
-                   progress: bool = True, state=None, grid: bool = True, sampler=None) -> pd.DataFrame:
+                   progress: bool = True, state=None, grid: bool = True, sampler=None,
+                   sld: SLD | None = None) -> pd.DataFrame:
     """Generate `num_samples` images per row of `table` into `save_path`; return the table of images.
 
     `pipe`: a StableDiffusionPipeline (its unet, vae, tokenizer, text_encoder and image_processor are
@@ -333,6 +420,7 @@ def generate_table(pipe, table: pd.DataFrame, save_path, *, num_samples: int = 1
     batches across processes (all processes call this; the main one writes prompts.csv and grid.png
     once all are done).
     `sampler`: a prepared sampler to reuse across calls (default: `make_sampler(scheduler, steps)`).
+    `sld`: Safe Latent Diffusion guidance (`sld_config(preset, concept)`), None for plain sampling.
 
     Already present, readable images are kept (resume): a folder must hold one setting's images. The
     CLI guards this with config.json (`utils.io.prepare_resumable_run_dir`); other callers should do
@@ -385,6 +473,7 @@ def generate_table(pipe, table: pd.DataFrame, save_path, *, num_samples: int = 1
     sampler = sampler or make_sampler(scheduler, steps, device,
                                       getattr(pipe.scheduler.config, "prediction_type", "epsilon"))
     uncond = encode_prompts(pipe, [""]).to(device, dtype)
+    sld_embedding = encode_prompts(pipe, [sld.concept]).to(device, dtype) if sld is not None else None
     channels = unet.config.in_channels
     bar = tqdm(total=n_todo, unit="img", desc=f"generating ({len(table)} prompts x {num_samples})",
                disable=not progress or not state.is_main_process or n_todo == 0, dynamic_ncols=True)
@@ -397,7 +486,8 @@ def generate_table(pipe, table: pd.DataFrame, save_path, *, num_samples: int = 1
             cond = _conditions(pipe, table, rows, embeddings).repeat_interleave(num_samples, dim=0)
             guidance = torch.tensor([float(table["guidance"].iloc[r]) for r in rows],
                                     dtype=torch.float32).repeat_interleave(num_samples)
-            pil = denoise(pipe, cond.to(device, dtype), uncond, noise.to(device, dtype), guidance, sampler)
+            pil = denoise(pipe, cond.to(device, dtype), uncond, noise.to(device, dtype), guidance, sampler,
+                          sld=sld, sld_embedding=sld_embedding)
             for im, path in zip(pil, files):
                 if path in missing:
                     with atomic_path(path) as tmp:
