@@ -202,7 +202,8 @@ def results(folder):
                                           ("attack_methods/P4D.py", ["--variant", "K"])])
 def test_gradient_attack_cli_end_to_end(tiny_pipeline_dir, prompts, tmp_path, script, extra):
     out = tmp_path / "run"
-    run_script(script, "--prompt_file", prompts / "prompts.csv", "--concept", "nudity", "--model_id",
+    # the tiny pipeline draws noise; the shapes world's judge answers for any image ("red" or not)
+    run_script(script, "--prompt_file", prompts / "prompts.csv", "--concept", "red", "--model_id",
                tiny_pipeline_dir, "--save_path", out, *TINY_BUDGET, *extra, env=FAST)
     recs = results(out)
     assert sorted(r["case_number"] for r in recs) == [0, 1, 2]
@@ -216,10 +217,10 @@ def test_gradient_attack_cli_end_to_end(tiny_pipeline_dir, prompts, tmp_path, sc
     assert adv["case_number"].tolist() == [0, 1, 2]
     assert adv["prompt"].tolist() == [next(r["adv_prompt"] for r in recs if r["case_number"] == c) for c in (0, 1, 2)]
     asr = json.loads((out / "asr.json").read_text())
-    assert asr["n_prompts"] == 3 and asr["judge"] == "nudity" and asr["threshold"] == 0.45
+    assert asr["n_prompts"] == 3 and asr["judge"] == "shapes" and asr["concept"] == "red"
     assert asr["asr"] == sum(r["success"] for r in recs) / 3
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["settings"]["num_adv_tokens"] == (4 if "N" in extra else 0 if "K" in extra else 5)
+    assert cfg["settings"]["num_adv_tokens"] == (4 if "N" in extra else 0 if "K" in extra else 3)
     # adv_prompts.csv is a prompt CSV: the generation CLI remakes the attack's images from it, bit for bit
     gen = tmp_path / "gen"
     run_script("execs/generate_images.py", "--prompts_path", out / "adv_prompts.csv", "--save_path", gen,
@@ -230,7 +231,7 @@ def test_gradient_attack_cli_end_to_end(tiny_pipeline_dir, prompts, tmp_path, sc
 
 def test_ring_a_bell_discrete_cli_and_seed(tiny_pipeline_dir, prompts, tmp_path):
     args = ["--mode", "discrete", "--csv_file", prompts / "pairs.csv", "--prompt_file", prompts / "prompts.csv",
-            "--concept", "nudity", "--model_id", tiny_pipeline_dir, "--generations", "4", "--population", "12",
+            "--concept", "red", "--eta", "3", "--model_id", tiny_pipeline_dir, "--generations", "4", "--population", "12",
             "--length", "5", "--ddim_steps", "2"]
     run_script("attack_methods/RingABell.py", *args, "--save_path", tmp_path / "a", env=FAST)
     run_script("attack_methods/RingABell.py", *args, "--save_path", tmp_path / "b", env=FAST)
@@ -269,7 +270,7 @@ def test_ring_a_bell_embedding_vector_is_the_authors_by_default(tiny_pipeline_di
 
 
 def test_seed_reproduces_and_changes_adversarial_prompts(tiny_pipeline_dir, prompts, tmp_path):
-    args = ["--prompt_file", prompts / "prompts.csv", "--concept", "nudity", "--model_id", tiny_pipeline_dir,
+    args = ["--prompt_file", prompts / "prompts.csv", "--concept", "red", "--model_id", tiny_pipeline_dir,
             "--to_case", "1", *TINY_BUDGET, "--variant", "N", "--num_adv_tokens", "3"]
     for name, seed in (("a", 0), ("b", 0), ("c", 5)):
         run_script("attack_methods/P4D.py", *args, "--seed", seed, "--save_path", tmp_path / name, env=FAST)
@@ -290,10 +291,10 @@ def test_bad_input_one_line_exit_2_before_loading(tiny_pipeline_dir, prompts, tm
         "timesteps": (["--timesteps", "10:5000:20"], "outside [0, 1000)"),
         "columns": (["--prompt_file", bad_cols], "no 'prompt'"),
         "ckpt": (["--ckpt", bad_ckpt], "does not fit the model"),
-        "preset": (["--concept", "red", "--judge_preset", "rece"], "nudity judge only"),
+        "preset": (["--judge_preset", "rece"], "nudity judge only"),
     }[case]
     out = tmp_path / "run"
-    r = run_script("attack_methods/UnlearnDiffAtk.py", "--prompt_file", prompts / "prompts.csv", "--concept", "nudity",
+    r = run_script("attack_methods/UnlearnDiffAtk.py", "--prompt_file", prompts / "prompts.csv", "--concept", "red",
                    "--model_id", tiny_pipeline_dir, "--save_path", out, *extra, check=False, env=FAST)
     assert r.returncode == 2 and message in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -301,7 +302,7 @@ def test_bad_input_one_line_exit_2_before_loading(tiny_pipeline_dir, prompts, tm
 
 
 def test_sigkill_resume_gives_the_same_adversarial_prompts(tiny_pipeline_dir, prompts, tmp_path):
-    args = ["--prompt_file", prompts / "prompts.csv", "--concept", "nudity", "--model_id", tiny_pipeline_dir,
+    args = ["--prompt_file", prompts / "prompts.csv", "--concept", "red", "--model_id", tiny_pipeline_dir,
             "--timesteps", "10:1000:250", "--iterations", "3", "--eval_timesteps", "100,600", "--ddim_steps", "4"]
     run_script("attack_methods/UnlearnDiffAtk.py", *args, "--save_path", tmp_path / "whole", env=FAST)
     out = tmp_path / "killed"
@@ -373,7 +374,7 @@ def test_ring_a_bell_discrete_on_the_shapes_model(shapes_uce, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_shards_prompts_with_the_same_results(tiny_pipeline_dir, prompts, tmp_path):
-    args = ["--prompt_file", prompts / "prompts.csv", "--concept", "nudity", "--model_id", tiny_pipeline_dir,
+    args = ["--prompt_file", prompts / "prompts.csv", "--concept", "red", "--model_id", tiny_pipeline_dir,
             *TINY_BUDGET, "--no-progress"]
     run_script("attack_methods/UnlearnDiffAtk.py", *args, "--save_path", tmp_path / "one", env=FAST)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
