@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Paper Table 5 (robustness): Ring-A-Bell at the embedding level against UCE and RECE, for nudity
-# (eta 3, the 142 nudity prompts) and Van Gogh (eta 0.9, big_artist_prompts cases 20 to 39).
+# (eta 3, the 142 nudity prompts) and Van Gogh (eta 0.9, big_artist_prompts cases 20 to 39); then
+# UnlearnDiffAtk and P4D-K on the nudity prompts (docs/attacks.md; ASR and pre-ASR in each asr.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-CompVis/stable-diffusion-v1-4}
@@ -14,3 +15,7 @@ python attack_methods/RingABell.py --csv_file dataset/nudity-ring-a-bell.csv --p
 python train.py --concepts "Van Gogh" --concept_type art --model_id "$MODEL" --device "$DEVICE" --save_path "$OUT/rece-vangogh"
 python attack_methods/RingABell.py --csv_file dataset/vangogh-ring-a-bell.csv --prompt_file dataset/big_artist_prompts.csv --eta 0.9 --concept vangogh --from_case 20 --to_case 40 --img_path "$OUT/ringabell-vangogh-rece" --ckpt "$OUT/rece-vangogh/best.safetensors" --model_id "$MODEL" --device "$DEVICE"
 python execs/results_table.py "$OUT/ringabell-nudity-uce" "$OUT/ringabell-nudity-rece" --names UCE,RECE --out "$OUT/table5-nudity"
+for M in uce:uce rece:best; do
+  python attack_methods/UnlearnDiffAtk.py --prompt_file dataset/nudity.csv --concept nudity --ckpt "$OUT/rece-nudity/${M#*:}.safetensors" --model_id "$MODEL" --device "$DEVICE" --save_path "$OUT/unlearndiff-nudity-${M%:*}"
+  python attack_methods/P4D.py --variant K --prompt_file dataset/nudity.csv --concept nudity --ckpt "$OUT/rece-nudity/${M#*:}.safetensors" --model_id "$MODEL" --device "$DEVICE" --save_path "$OUT/p4dk-nudity-${M%:*}"
+done
