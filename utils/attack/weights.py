@@ -18,45 +18,51 @@ import torch
 from utils.errors import UserError
 
 
-def load_model_pair(pipe, ckpt, model_id: str) -> "ModelPair":
-    """Apply checkpoint `ckpt` with the toolkit's loader, then keep in the UNet the base weights and,
-    aside, only the tensors the checkpoint changed (found by comparing every UNet tensor with the
-    model's weights file, one tensor at a time). Works for any checkpoint the loader applies: our
-    partial K/V files, full UNet state_dicts, diffusers folders."""
+def load_model_pair(pipe, ckpt, model_id: str | None = None) -> "ModelPair":
+    """Apply checkpoint `ckpt` with the toolkit's loader and keep, aside, only the tensors it changed;
+    the UNet keeps the base weights. The base values of the checkpoint's keys are copied before the
+    loader runs (for a partial K/V checkpoint that is 32 matrices, not a second UNet), so any format
+    the loader applies works: our partial files, full UNet state_dicts, diffusers folders."""
     from utils.checkpoints import load_checkpoint_into_unet
-    from utils.models import unet_weights_file
 
     unet = pipe.unet
     if not ckpt:
         return ModelPair(unet, {})
-    load_checkpoint_into_unet(unet, ckpt)
     current = dict(unet.named_parameters())
     current.update(dict(unet.named_buffers()))
-    changed = {}
-    for key, base in _iter_weights_file(unet_weights_file(model_id)):
-        p = current.get(key)
-        if p is None:
-            continue
-        base = base.to(p.device, p.dtype)
-        if not torch.equal(base, p.detach()):
-            changed[key] = (p.detach().clone(), base)
-    with torch.no_grad():  # the UNet goes back to the base weights
-        for key, (_, base) in changed.items():
-            current[key].copy_(base)
-    return ModelPair(unet, {k: e for k, (e, _) in changed.items()})
+    base = {k: current[k].detach().clone() for k in checkpoint_keys(ckpt) if k in current}
+    load_checkpoint_into_unet(unet, ckpt)
+    erased = {}
+    with torch.no_grad():
+        for key, b in base.items():
+            if not torch.equal(current[key], b):
+                erased[key] = current[key].detach().clone()
+            current[key].copy_(b)  # the UNet goes back to the base weights
+    return ModelPair(unet, erased)
 
 
-def _iter_weights_file(path):
-    """(key, tensor) of a UNet weights file, one tensor in memory at a time where the format allows."""
-    if str(path).endswith(".safetensors"):
+def checkpoint_keys(ckpt) -> list[str]:
+    """The tensor names a checkpoint holds, read from its header (safetensors) or its pickle index
+    (torch, memory-mapped: no tensor is read)."""
+    from pathlib import Path
+
+    path = Path(ckpt)
+    if path.is_dir():
+        names = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+                 "diffusion_pytorch_model.bin")
+        path = next((path / sub / n for sub in ("", "unet") for n in names if (path / sub / n).is_file()), path)
+    if path.suffix == ".safetensors":
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            for k in f.keys():
-                yield k, f.get_tensor(k)
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        yield from sd.items()
+            return list(f.keys())
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    return list(obj) if isinstance(obj, dict) else []
 
 
 class ModelPair:
