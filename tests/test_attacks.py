@@ -263,7 +263,7 @@ def test_ring_a_bell_embedding_vector_is_the_authors_by_default(tiny_pipeline_di
         out = tmp_path / rule
         extra = [] if rule == "authors" else ["--vector", "mean"]
         run_script("attack_methods/RingABell.py", "--csv_file", prompts / "pairs.csv", "--prompt_file",
-                   prompts / "prompts.csv", "--concept", "nudity", "--img_path", out, "--model_id", tiny_pipeline_dir,
+                   prompts / "prompts.csv", "--concept", "red", "--eta", "3", "--img_path", out, "--model_id", tiny_pipeline_dir,
                    "--ddim_steps", "1", *extra, env=FAST)
         np.testing.assert_allclose(load_file(str(out / "concept_vector.safetensors"))["v"].numpy(), want, atol=1e-5)
     assert np.abs(authors_vector(E_s, E_n) - (E_s - E_n).mean(0)).max() > 1e-4  # 11 = 8 + 3 pairs
