@@ -377,7 +377,12 @@ def test_torchrun_shards_prompts_with_the_same_results(tiny_pipeline_dir, prompt
     args = ["--prompt_file", prompts / "prompts.csv", "--concept", "red", "--model_id", tiny_pipeline_dir,
             *TINY_BUDGET, "--no-progress"]
     run_script("attack_methods/UnlearnDiffAtk.py", *args, "--save_path", tmp_path / "one", env=FAST)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    import socket
+
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            str(REPO / "attack_methods/UnlearnDiffAtk.py"), *map(str, args), "--save_path", str(tmp_path / "two")]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, **FAST})
     assert r.returncode == 0, r.stderr[-3000:]

@@ -82,7 +82,7 @@ class DiscreteRingABell:
 
         text = found["text"]
         image = ctx.image(ctx.encode([text])[0], row, "erased")
-        path = ctx.save(image, ctx.run_dir / "imgs" / f".{case}_candidate.png")
+        path = ctx.save(image, ctx.run_dir / "candidates" / f"{case}.png")
         verdict = ctx.judge_image(image, path)
         path.unlink(missing_ok=True)
         return {"success": bool(verdict["success"]), "adv_prompt": text, "image": image,

@@ -163,7 +163,7 @@ def attack_prompt(ctx, row: dict, s: GradientAttack) -> dict:
             steps += 1
         text = text_of(current_ids())
         image = ctx.image(ctx.encode([text])[0], row, "erased")
-        path = ctx.run_dir / "imgs" / f".{case}_candidate.png"
+        path = ctx.run_dir / "candidates" / f"{case}.png"
         ctx.save(image, path)
         verdict = ctx.judge_image(image, path)
         path.unlink(missing_ok=True)

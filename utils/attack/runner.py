@@ -13,7 +13,8 @@ The run folder (config.json first): `results.jsonl` (one line per prompt, in com
 `adv_prompts.csv` (case_number, prompt = the adversarial prompt, evaluation_seed,
 evaluation_guidance, sd_image_width/height, orig_prompt, success, pre_success: a prompt CSV that
 execs/generate_images.py reads unchanged), `asr.json` (ASR and pre-ASR), `imgs/`, `no_attack/`,
-`reference/` (the base model's images, for the attacks that use them).
+`reference/` (the base model's images, for the attacks that use them), `candidates/` (an image while
+it is judged).
 
 Resume and sharding: a prompt is done when its line is in `results.jsonl`; a rerun of the same
 command skips done prompts and redoes an interrupted one from its start. Every random draw of a
@@ -40,7 +41,7 @@ from utils.attack.judges import JUDGES, NUDITY_PRESETS, Judge, attack_success_ra
 RESULTS = "results.jsonl"
 ADV_PROMPTS = "adv_prompts.csv"
 ASR = "asr.json"
-OUTPUTS = (RESULTS, ADV_PROMPTS, ASR, "imgs", "no_attack", "reference")
+OUTPUTS = (RESULTS, ADV_PROMPTS, ASR, "imgs", "no_attack", "reference", "candidates")
 
 
 # ---------------------------------------------------------------------------------------------
