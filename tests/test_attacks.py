@@ -301,6 +301,7 @@ def test_bad_input_one_line_exit_2_before_loading(tiny_pipeline_dir, prompts, tm
     assert not out.exists()  # checked before the run folder is made or a model loads
 
 
+@pytest.mark.slow
 def test_sigkill_resume_gives_the_same_adversarial_prompts(tiny_pipeline_dir, prompts, tmp_path):
     args = ["--prompt_file", prompts / "prompts.csv", "--concept", "red", "--model_id", tiny_pipeline_dir,
             "--timesteps", "10:1000:250", "--iterations", "3", "--eval_timesteps", "100,600", "--ddim_steps", "4"]
