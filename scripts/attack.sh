@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Paper Table 5 (robustness): Ring-A-Bell at the embedding level against SD, SLD-Max, ESD, UCE and RECE
 # for nudity (eta 3, the 142 nudity prompts), and against ESD and RECE for Van Gogh (eta 0.9,
-# big_artist_prompts cases 20 to 39). ESD_CKPT=... / ESD_VANGOGH_CKPT=... use given ESD checkpoints
-# (e.g. the released UNet .pt files); unset, ESD-u (nudity) and ESD-x (Van Gogh) are trained here.
+# big_artist_prompts cases 20 to 39); then UnlearnDiffAtk and P4D-K on the nudity prompts against UCE
+# and RECE (docs/attacks.md; ASR and pre-ASR in each asr.json). ESD_CKPT=... / ESD_VANGOGH_CKPT=... use
+# given ESD checkpoints (e.g. the released UNet .pt files); unset, ESD-u (nudity) and ESD-x (Van Gogh)
+# are trained here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-CompVis/stable-diffusion-v1-4}
@@ -30,3 +32,7 @@ fi
 python attack_methods/RingABell.py --csv_file dataset/vangogh-ring-a-bell.csv --prompt_file dataset/big_artist_prompts.csv --eta 0.9 --concept vangogh --from_case 20 --to_case 40 --img_path "$OUT/ringabell-vangogh-esd" --ckpt "$ESD_VANGOGH_CKPT" --model_id "$MODEL" --device "$DEVICE"
 python attack_methods/RingABell.py --csv_file dataset/vangogh-ring-a-bell.csv --prompt_file dataset/big_artist_prompts.csv --eta 0.9 --concept vangogh --from_case 20 --to_case 40 --img_path "$OUT/ringabell-vangogh-rece" --ckpt "$OUT/rece-vangogh/best.safetensors" --model_id "$MODEL" --device "$DEVICE"
 python execs/results_table.py "$OUT/ringabell-nudity-sd" "$OUT/ringabell-nudity-sld" "$OUT/ringabell-nudity-esd" "$OUT/ringabell-nudity-uce" "$OUT/ringabell-nudity-rece" --names SD,SLD-Max,ESD,UCE,RECE --out "$OUT/table5-nudity"
+for M in uce:uce rece:best; do
+  python attack_methods/UnlearnDiffAtk.py --prompt_file dataset/nudity.csv --concept nudity --ckpt "$OUT/rece-nudity/${M#*:}.safetensors" --model_id "$MODEL" --device "$DEVICE" --save_path "$OUT/unlearndiff-nudity-${M%:*}"
+  python attack_methods/P4D.py --variant K --prompt_file dataset/nudity.csv --concept nudity --ckpt "$OUT/rece-nudity/${M#*:}.safetensors" --model_id "$MODEL" --device "$DEVICE" --save_path "$OUT/p4dk-nudity-${M%:*}"
+done

@@ -1,0 +1,178 @@
+"""UnlearnDiffAtk and P4D: optimise adversarial tokens against the model under attack (docs/method.md §10).
+
+Both attacks share the schedule of UnlearnDiff's code: for each train timestep t in order (10, 30,
+..., 990 by default) run `iterations` Adam steps on the variable, then project it to tokens, decode
+the tokens to text, re-tokenize that text, generate the model under attack's image of it (the row's
+seed and guidance) and judge it; stop at the first success. They differ in the variable and the loss:
+
+- UnlearnDiffAtk: a k x |V| matrix of token distributions (uniform at first); the forward pass draws
+  one token per row (one-hot), the backward pass is straight-through; after each step every row is
+  projected onto the probability simplex; tokens = the rows' argmax. Loss: MSE between the noise eps
+  and the erased model's prediction at x_t = noised latent of the base model's image for the prompt.
+- P4D: k continuous token embeddings (random tokens at first); the forward pass uses the nearest
+  token embedding (cosine), the gradient at that point updates the continuous copy (PEZ). Loss: MSE
+  between the base model's prediction for the original prompt and the erased model's prediction
+  for the adversarial prompt, at the same x_t. P4D-N: k free tokens replace the prompt; P4D-K: one
+  learnable token after every 3 prompt tokens.
+
+Both models are one UNet (`ModelPair`): the erased prediction is a functional call with the
+checkpoint's tensors, the base prediction the UNet itself.
+
+`objective_before` / `objective_after`: the loss of the initial and of the final adversarial prompt
+(as text, re-tokenized, exactly the prompt written to adv_prompts.csv), averaged over fixed
+timesteps with fixed noises drawn from (--seed, case_number): the same measurement for every prompt.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from utils.attack.objectives import nearest_tokens, noised_latent, p4d_loss, project_simplex, sample_one_hot, unlearndiff_loss
+from utils.attack.tokens import allowed_token_ids, encode_token_embeddings, ids_to_text, make_layout, token_embedding_table
+
+METHODS = ("unlearndiff", "p4d")
+
+
+@dataclass(frozen=True)
+class GradientAttack:
+    """Settings of one gradient attack (see the module docstring)."""
+    method: str                 # "unlearndiff" or "p4d"
+    layout: str                 # "prefix" (UnlearnDiffAtk), "free" (P4D-N), "every" (P4D-K)
+    k: int                      # learnable tokens (prefix, free)
+    timesteps: tuple[int, ...]
+    iterations: int
+    lr: float = 0.01
+    weight_decay: float = 0.1
+    optimizer: str = "adam"     # "adam" (L2 weight decay, UnlearnDiff's code) or "adamw" (decoupled, P4D's code)
+    eval_timesteps: tuple[int, ...] = tuple(range(50, 1000, 100))
+    every: int = 3
+
+    def __call__(self, ctx, row: dict) -> dict:
+        return attack_prompt(ctx, row, self)
+
+
+def alphas_cumprod(pipe) -> torch.Tensor:
+    ac = getattr(pipe.scheduler, "alphas_cumprod", None)
+    if ac is None:
+        from diffusers import DDPMScheduler
+
+        from utils.generate.sampling import SD_BETAS
+
+        ac = DDPMScheduler(**SD_BETAS).alphas_cumprod
+    return ac.float().cpu()
+
+
+def reference_latent(ctx, row: dict) -> torch.Tensor:
+    """The base model's image of the row (cached in reference/{case}.png) as a VAE latent."""
+    from PIL import Image
+
+    from utils.generate.sampling import image_is_readable
+
+    path = ctx.run_dir / "reference" / f"{int(row['case_number'])}.png"
+    if path.is_file() and image_is_readable(path):
+        with Image.open(path) as im:
+            image = im.convert("RGB").copy()
+    else:
+        image = ctx.image(ctx.encode([row["prompt"]])[0], row, "base")
+        ctx.save(image, path)
+    return ctx.latent(image)
+
+
+def attack_prompt(ctx, row: dict, s: GradientAttack) -> dict:
+    """Run one gradient attack on one prompt; returns the per-prompt result (with its image)."""
+    case = int(row["case_number"])
+    pipe, pair, device = ctx.pipe, ctx.pair, ctx.device
+    dtype = pipe.unet.dtype
+    tok, te = ctx.tokenizer, ctx.text_encoder
+
+    # 1. The token layout, the vocabulary the attack draws from, the prompt's own condition
+    layout = make_layout(tok, row["prompt"], s.layout, s.k, s.every)
+    k = layout.k
+    allowed = allowed_token_ids(tok)
+    table = token_embedding_table(te).weight.detach()            # (V, d)
+    vocab = table[allowed.to(table.device)]                       # (|A|, d)
+    base_tokens = token_embedding_table(te)(layout.ids.to(table.device)[None])[0].detach()  # (77, d)
+    positions = layout.adv_positions.to(table.device)
+    E_prompt = ctx.encode([row["prompt"]])                         # (1, 77, d), the P4D target's condition
+
+    # 2. x0: the base model's image of the prompt, encoded
+    x0 = reference_latent(ctx, row).to(device, dtype)
+    ac = alphas_cumprod(pipe)
+    g = ctx.generator(case, 0)
+
+    def condition(adv_embeds):
+        tokens = base_tokens.index_put((positions,), adv_embeds.to(base_tokens.dtype))
+        return encode_token_embeddings(te, tokens[None]).to(dtype)
+
+    def loss_at(cond, t, noise):
+        x_t = noised_latent(x0, noise.to(device, dtype), t, ac)
+        tt = torch.tensor([t], device=device)
+        eps = pair.eps("erased", x_t, tt, cond)
+        if s.method == "unlearndiff":
+            return unlearndiff_loss(eps, noise.to(device))
+        with torch.no_grad():
+            eps_base = pair.eps("base", x_t, tt, E_prompt)
+        return p4d_loss(eps, eps_base)
+
+    # 3. The fixed measurement: eval timesteps with their own noises, on the text of a token choice
+    g_eval = ctx.generator(case, 1)
+    eval_noise = [torch.randn(x0.shape, generator=g_eval) for _ in s.eval_timesteps]
+
+    def objective(text: str) -> float:
+        with torch.no_grad():
+            cond = ctx.encode([text])
+            return float(sum(loss_at(cond, t, n).item() for t, n in zip(s.eval_timesteps, eval_noise))
+                         / len(s.eval_timesteps))
+
+    def text_of(adv_ids) -> str:
+        return ids_to_text(tok, layout.with_tokens(allowed[adv_ids.cpu()]))
+
+    # 4. The variable
+    if s.method == "unlearndiff":
+        var = torch.full((k, len(allowed)), 1.0 / len(allowed), device=device, requires_grad=True)
+        current_ids = lambda: var.detach().argmax(-1)  # noqa: E731
+    else:
+        start = torch.randint(len(allowed), (k,), generator=g)
+        var = vocab[start.to(vocab.device)].clone().float().requires_grad_(True)
+        current_ids = lambda: nearest_tokens(var.detach(), vocab)  # noqa: E731
+    opt = (torch.optim.AdamW if s.optimizer == "adamw" else torch.optim.Adam)([var], lr=s.lr, weight_decay=s.weight_decay)
+    text_before = text_of(current_ids())
+    objective_before = objective(text_before)
+
+    # 5. The schedule: per timestep, `iterations` steps, then judge the projected prompt
+    trace, steps, text, image, verdict = [], 0, text_before, None, {"success": False}
+    for t in s.timesteps:
+        total = 0.0
+        for _ in range(s.iterations):
+            opt.zero_grad(set_to_none=True)
+            noise = torch.randn(x0.shape, generator=g)
+            if s.method == "unlearndiff":
+                one_hot = sample_one_hot(var, g)
+                loss = loss_at(condition(one_hot @ vocab.float()), t, noise)
+                var.grad, = torch.autograd.grad(loss, [var])
+                opt.step()
+                with torch.no_grad():
+                    var.copy_(project_simplex(var))
+            else:
+                proj = vocab[nearest_tokens(var.detach(), vocab)].float().requires_grad_(True)
+                loss = loss_at(condition(proj), t, noise)
+                var.grad, = torch.autograd.grad(loss, [proj])
+                opt.step()
+            total += loss.item()
+            steps += 1
+        text = text_of(current_ids())
+        image = ctx.image(ctx.encode([text])[0], row, "erased")
+        path = ctx.run_dir / "candidates" / f"{case}.png"
+        ctx.save(image, path)
+        verdict = ctx.judge_image(image, path)
+        path.unlink(missing_ok=True)
+        trace.append({"t": int(t), "mean_loss": total / s.iterations, "prompt": text, "success": bool(verdict["success"])})
+        if verdict["success"]:
+            break
+
+    return {"success": bool(verdict["success"]), "adv_prompt": text, "image": image, "iterations": steps,
+            "timesteps_used": len(trace), "final_loss": trace[-1]["mean_loss"] if trace else None,
+            "loss_trace": trace, "objective_before": objective_before, "objective_after": objective(text),
+            "initial_prompt": text_before, "num_adv_tokens": k, "prompt_truncated": layout.truncated,
+            "judge": verdict}
