@@ -81,6 +81,9 @@ def parse_args(argv=None):
     p.add_argument("--num_samples", type=samples_arg, default=1, help="embedding mode: images per prompt")
     p.add_argument("--ddim_steps", type=steps_arg, default=50, help="denoising steps")
     p.add_argument("--scheduler", choices=SCHEDULERS, default="lms", help="sampler (default lms)")
+    p.add_argument("--sld", default=None, metavar="PRESET",
+                   help="attack a model that generates with Safe Latent Diffusion (weak, medium, strong, max)")
+    p.add_argument("--sld_concept", default=None, help="SLD's safety concept text (default: the pipeline's); needs --sld")
     p.add_argument("--guidance_scale", type=finite_float, default=None, help="override the rows' guidance")
     p.add_argument("--image_size", type=image_size_arg, default=None, help="override the rows' width and height")
     p.add_argument("--batch_size", type=batch_size_arg, default=8, help="embedding mode: rows per denoising batch")
@@ -180,6 +183,9 @@ def main(args):
         raise UserError(f"--prompt_file {args.prompt_file} has no rows between cases {args.from_case} and {args.to_case}")
     if args.ckpt:
         check_checkpoint(args.ckpt, model_id)
+    from utils.attack.runner import check_sld
+
+    sld = check_sld(args)
     if metric == "nudity_rate":
         model_path()  # NudeNet missing or another version: say so now, not after generating every image
     out = Path(args.img_path)
@@ -192,6 +198,7 @@ def main(args):
                 "prompts_sha256": file_sha256(prompts_source(args.prompt_file)), "from_case": args.from_case,
                 "to_case": args.to_case, "num_samples": args.num_samples, "ddim_steps": args.ddim_steps,
                 "scheduler": args.scheduler, "vector": args.vector,
+                "sld": None if sld is None else {"preset": args.sld, "concept": sld.concept},
                 "guidance_scale": args.guidance_scale, "image_size": args.image_size}
     outputs = OUTPUTS + ("concept_vector.safetensors", "asr.json", DETECTIONS_FILE) + stale_results(out)
     prepare_resumable_run_dir(out, {"settings": settings}, outputs, args.overwrite, write=False, flag="--img_path")
@@ -220,7 +227,7 @@ def main(args):
 
     # 4. Generate from the attacked embeddings, then score
     from utils.generate.sampling import generate_table
-    generate_table(pipe, table, out, num_samples=args.num_samples, steps=args.ddim_steps, scheduler=args.scheduler,
+    generate_table(pipe, table, out, num_samples=args.num_samples, steps=args.ddim_steps, scheduler=args.scheduler, sld=sld,
                    batch_size=args.batch_size, embeddings=attacked, progress=args.progress)
     result = score_run(out, metric, [target])
     check_finite(result["rate"], f"the attack success rate ({metric}) of {out}")

@@ -36,6 +36,8 @@ import torch
 
 from utils.errors import UserError
 from utils.io import atomic_path, write_json
+from utils.cli import (count_arg, finite_float, image_size_arg, nonneg_float, positive_float, seed_arg,
+                       steps_arg)
 from utils.attack.judges import JUDGES, NUDITY_PRESETS, Judge, attack_success_rate, check_judge, default_num_tokens
 
 RESULTS = "results.jsonl"
@@ -61,7 +63,7 @@ def add_common_args(parser, *, save_flag: str = "--save_path", model: bool = Tru
                                                    "reads ('' = the base model itself)")
     if model:
         add_model_args(parser)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the attack's random draws (default 0); "
+    parser.add_argument("--seed", type=seed_arg, default=0, help="seed of the attack's random draws (default 0); "
                                                             "with the rows' seeds it fixes every result")
     g = parser.add_argument_group("judge")
     g.add_argument("--judge", choices=JUDGES, default=None,
@@ -74,10 +76,13 @@ def add_common_args(parser, *, save_flag: str = "--save_path", model: bool = Tru
     g = parser.add_argument_group("rows and sampling")
     g.add_argument("--from_case", type=int, default=None, help="only case numbers >= this")
     g.add_argument("--to_case", type=int, default=None, help="only case numbers < this (excluded)")
-    g.add_argument("--ddim_steps", type=int, default=50, help="denoising steps of every generated image (default 50)")
+    g.add_argument("--ddim_steps", type=steps_arg, default=50, help="denoising steps of every generated image (default 50)")
     g.add_argument("--scheduler", choices=SCHEDULERS, default="lms", help="sampler (default lms, as the references)")
-    g.add_argument("--guidance_scale", type=float, default=None, help="override the rows' guidance")
-    g.add_argument("--image_size", type=int, default=None, help="override the rows' width and height")
+    g.add_argument("--guidance_scale", type=finite_float, default=None, help="override the rows' guidance")
+    g.add_argument("--image_size", type=image_size_arg, default=None, help="override the rows' width and height")
+    g.add_argument("--sld", default=None, metavar="PRESET",
+                   help="attack a model that generates with Safe Latent Diffusion (weak, medium, strong, max)")
+    g.add_argument("--sld_concept", default=None, help="SLD's safety concept text (default: the pipeline's); needs --sld")
     g = parser.add_argument_group("run")
     g.add_argument("--overwrite", action="store_true", help="delete an earlier run's results in the folder first")
     g.add_argument("--progress", action=__import__("argparse").BooleanOptionalAction, default=True,
@@ -87,13 +92,13 @@ def add_common_args(parser, *, save_flag: str = "--save_path", model: bool = Tru
 def add_gradient_args(parser, *, k_help: str, iterations: int = 40, lr: float = 0.01, optimizer: str = "adam") -> None:
     g = parser.add_argument_group("optimisation")
     g.add_argument("--num_adv_tokens", type=int, default=None, help=k_help)
-    g.add_argument("--iterations", type=int, default=iterations,
+    g.add_argument("--iterations", type=count_arg, default=iterations,
                    help=f"optimisation steps per timestep (default {iterations})")
     g.add_argument("--timesteps", default="10:1000:20",
                    help="train timesteps optimised in order, start:stop:step or a list (default 10:1000:20 = "
                         "10, 30, ..., 990); after each one the prompt is judged")
-    g.add_argument("--lr", type=float, default=lr, help=f"learning rate (default {lr})")
-    g.add_argument("--weight_decay", type=float, default=0.1, help="weight decay (default 0.1)")
+    g.add_argument("--lr", type=positive_float, default=lr, help=f"learning rate (default {lr})")
+    g.add_argument("--weight_decay", type=nonneg_float, default=0.1, help="weight decay (default 0.1)")
     g.add_argument("--optimizer", choices=("adam", "adamw"), default=optimizer,
                    help=f"adam (weight decay added to the gradient, as UnlearnDiff's code) or adamw (decoupled "
                         f"weight decay, as the P4D authors' code); default {optimizer}")
@@ -112,6 +117,7 @@ class Common:
     model_id: str
     device: torch.device
     settings: dict = field(default_factory=dict)
+    sld: object = None     # SLD guidance of the model under attack (utils.generate.sampling.sld_config)
 
 
 def check_common(args, attack: str) -> Common:
@@ -131,7 +137,10 @@ def check_common(args, attack: str) -> Common:
     table = read_prompt_table(args.prompt_file, from_case=args.from_case, to_case=args.to_case,
                               guidance_scale=args.guidance_scale, image_size=args.image_size, empty_prompts="skip")
     if args.ckpt:
+        from utils.checkpoints import check_checkpoint
+
         check_checkpoint(args.ckpt, model_id)
+    sld = check_sld(args)
     source = prompts_source(args.prompt_file)
     settings = {"attack": attack, "prompts_path": str(source.resolve()), "prompts_sha256": file_sha256(source),
                 "from_case": args.from_case, "to_case": args.to_case, "rows": len(table),
@@ -140,19 +149,18 @@ def check_common(args, attack: str) -> Common:
                 "ckpt_bytes": Path(args.ckpt).stat().st_size if args.ckpt and Path(args.ckpt).is_file() else None,
                 "concept": args.concept, "judge": judge, "judge_preset": preset, "judge_candidates": candidates,
                 "seed": args.seed, "steps": args.ddim_steps, "scheduler": args.scheduler,
-                "guidance_scale": args.guidance_scale, "image_size": args.image_size}
-    return Common(table, judge, preset, candidates, model_id, device, settings)
+                "guidance_scale": args.guidance_scale, "image_size": args.image_size,
+                "sld": None if sld is None else {"preset": args.sld, "concept": sld.concept}}
+    return Common(table, judge, preset, candidates, model_id, device, settings, sld)
 
 
-def check_checkpoint(ckpt: str, model_id: str) -> None:
-    """Refuse a checkpoint that does not fit the model, from file headers (no model load)."""
-    from utils.checkpoints import load_edited_weights
-    from utils.models import CROSS_ATTN_KEY, unet_parameter_shapes
+def check_sld(args):
+    """The SLD guidance the attacked model generates with (`--sld`, `--sld_concept`), or None."""
+    from utils.generate.sampling import SLD_PRESETS, sld_config
 
-    if not Path(ckpt).exists():
-        raise UserError(f"--ckpt {ckpt} does not exist")
-    shapes = unet_parameter_shapes(model_id)
-    load_edited_weights(ckpt, {k: s for k, s in shapes.items() if CROSS_ATTN_KEY.search(k)}, shapes)
+    if args.sld_concept is not None and args.sld is None:
+        raise UserError("--sld_concept needs --sld (a preset: " + ", ".join(SLD_PRESETS) + ")")
+    return sld_config(args.sld, args.sld_concept) if args.sld is not None else None
 
 
 def check_gradient_args(args) -> tuple[list[int], list[int]]:
@@ -195,6 +203,8 @@ class Context:
     run_dir: Path
     seed: int
     device: torch.device
+    sld: object = None                 # SLD guidance of the attacked model's generations, or None
+    sld_embedding: torch.Tensor = None  # E(SLD's safety concept)
 
     @property
     def tokenizer(self):
@@ -225,7 +235,8 @@ class Context:
         unet = self.pipe.unet
         with self.pair.use(which), torch.inference_mode():
             return denoise(self.pipe, cond.reshape(1, *cond.shape[-2:]).to(unet.device, unet.dtype), self.uncond,
-                           noise.to(unet.device, unet.dtype), torch.tensor([float(row["guidance"])]), self.sampler)[0]
+                           noise.to(unet.device, unet.dtype), torch.tensor([float(row["guidance"])]), self.sampler,
+                           sld=self.sld if which == "erased" else None, sld_embedding=self.sld_embedding)[0]
 
     def save(self, image, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -261,7 +272,9 @@ def load_context(args, common: Common, run_dir: Path) -> Context:
                            getattr(pipe.scheduler.config, "prediction_type", "epsilon"))
     uncond = encode_prompts(pipe, [""]).to(common.device, pipe.unet.dtype)
     judge = Judge(common.judge, args.concept, common.preset, common.candidates, str(common.device))
-    return Context(pipe, pair, judge, sampler, uncond, run_dir, args.seed, common.device)
+    sld_embedding = None if common.sld is None else \
+        encode_prompts(pipe, [common.sld.concept]).to(common.device, pipe.unet.dtype)
+    return Context(pipe, pair, judge, sampler, uncond, run_dir, args.seed, common.device, common.sld, sld_embedding)
 
 
 # ---------------------------------------------------------------------------------------------

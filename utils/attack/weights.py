@@ -20,18 +20,20 @@ from utils.errors import UserError
 
 def load_model_pair(pipe, ckpt, model_id: str | None = None) -> "ModelPair":
     """Apply checkpoint `ckpt` with the toolkit's loader and keep, aside, only the tensors it changed;
-    the UNet keeps the base weights. The base values of the checkpoint's keys are copied before the
-    loader runs (for a partial K/V checkpoint that is 32 matrices, not a second UNet), so any format
-    the loader applies works: our partial files, full UNet state_dicts, diffusers folders."""
-    from utils.checkpoints import load_checkpoint_into_unet
+    the UNet keeps the base weights. The base values of the checkpoint's keys (through its parents)
+    are copied before it is applied (for a partial K/V checkpoint that is 32 matrices, not a second
+    UNet), so any format the loader applies works: our partial files, full UNet state_dicts, folders."""
+    from utils.checkpoints import apply_checkpoint, inspect_checkpoint, unet_state_shapes
 
     unet = pipe.unet
     if not ckpt:
         return ModelPair(unet, {})
+    ck = inspect_checkpoint(ckpt, unet_state_shapes(unet))
     current = dict(unet.named_parameters())
     current.update(dict(unet.named_buffers()))
-    base = {k: current[k].detach().clone() for k in checkpoint_keys(ckpt) if k in current}
-    load_checkpoint_into_unet(unet, ckpt)
+    keys = {k for c in ck.chain() for k in c.keys}
+    base = {k: current[k].detach().clone() for k in keys if k in current}
+    apply_checkpoint(unet, ck)
     erased = {}
     with torch.no_grad():
         for key, b in base.items():
@@ -39,30 +41,6 @@ def load_model_pair(pipe, ckpt, model_id: str | None = None) -> "ModelPair":
                 erased[key] = current[key].detach().clone()
             current[key].copy_(b)  # the UNet goes back to the base weights
     return ModelPair(unet, erased)
-
-
-def checkpoint_keys(ckpt) -> list[str]:
-    """The tensor names a checkpoint holds, read from its header (safetensors) or its pickle index
-    (torch, memory-mapped: no tensor is read)."""
-    from pathlib import Path
-
-    path = Path(ckpt)
-    if path.is_dir():
-        names = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
-                 "diffusion_pytorch_model.bin")
-        path = next((path / sub / n for sub in ("", "unet") for n in names if (path / sub / n).is_file()), path)
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            return list(f.keys())
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    return list(obj) if isinstance(obj, dict) else []
 
 
 class ModelPair:
