@@ -29,6 +29,15 @@ def add_edit_args(parser, *, lamb: float | None, preserve_scale: float | None) -
                              (" (default max(0.1, 1/#preserve texts))" if preserve_scale is None
                               else f" (default {preserve_scale})"))
     parser.add_argument("--text_batch_size", type=int, default=64, help="texts per text-encoder batch")
+    parser.add_argument("--uce_tokens", default="slice", choices=["slice", "last"],
+                        help="rows of the UCE edit: slice = from the last word token to the end, aligned with the "
+                             "guide (the RECE code, docs/method.md §2a); last = the last word token's row only, for "
+                             "erase and preserve texts, no implicit '' preserve text (UCE 2025, docs/models.md)")
+    parser.add_argument("--cache_dir", default=None,
+                        help="where the base model's Gram sums are kept between runs (default $RECE_TOOLKIT_CACHE, "
+                             "else ~/.cache/rece-toolkit; docs/models.md)")
+    parser.add_argument("--no_cache", action="store_true",
+                        help="neither read nor write the Gram cache: encode and sum everything in this run")
 
 
 def check_scales(args, names=("lamb", "erase_scale", "preserve_scale", "regular_scale")) -> None:
@@ -36,6 +45,8 @@ def check_scales(args, names=("lamb", "erase_scale", "preserve_scale", "regular_
         v = getattr(args, name, None)
         if v is not None and not (v >= 0):  # also catches NaN
             raise UserError(f"--{name} must be a non-negative number, got {v}")
+    if getattr(args, "no_cache", False) and getattr(args, "cache_dir", None):
+        raise UserError("--no_cache and --cache_dir contradict each other; give one of them")
     if getattr(args, "text_batch_size", 1) < 1:
         raise UserError(f"--text_batch_size must be at least 1, got {args.text_batch_size}")
 
