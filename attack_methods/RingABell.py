@@ -27,7 +27,8 @@ from utils.datasets import dataset_path  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.score.evaluation import METRICS, score_run  # noqa: E402
 from utils.io import atomic_path, prepare_run_dir, write_json  # noqa: E402
-from utils.models import add_model_args, encode_texts, load_pipeline, quiet_libraries, resolve_device, resolve_model_id  # noqa: E402
+from utils.models import (add_model_args, encode_texts, load_pipeline, quiet_libraries, resolve_device,  # noqa: E402
+                          resolve_model_id, text_components)
 
 # The paper's settings (docs/method.md §7): concept -> (eta, metric, the concept as the scorer names it)
 KNOWN = {"nudity": (3.0, "nudity_rate", "nudity"), "vangogh": (0.9, "style_rate", "Van Gogh"),
@@ -111,8 +112,10 @@ def main(args):
         load_checkpoint_into_unet(pipe.unet, args.ckpt)
 
     # 3. The attacked conditions: E(p) + eta * v
-    v = concept_vector(pipe.tokenizer, pipe.text_encoder, sensitive, normal)
-    E, _ = encode_texts(pipe.tokenizer, pipe.text_encoder, table["prompt"].tolist())
+    # SDXL: E is 77 x 2048 (both encoders); the attacked rows keep the pooled embedding of their own
+    # prompt p (generate_table's default, docs/models.md)
+    v = concept_vector(*text_components(pipe), sensitive, normal)
+    E, _ = encode_texts(*text_components(pipe), table["prompt"].tolist())
     attacked = E + eta * v
     config = {"attack": "ring-a-bell (embedding level, docs/method.md §7)", "model_id": model_id, "ckpt": args.ckpt,
               "concept": args.concept, "target": target, "metric": metric, "eta": eta, "pairs_file": str(args.csv_file),
