@@ -130,10 +130,12 @@ def _scheduler(cfg: dict):
                                 prediction_type=cfg.get("prediction_type", "epsilon"))
 
 
-def build_random_pipeline(folder, preset: str = "tiny", seed: int = 0, dtype=torch.float32):
-    """Build a pipeline with random weights from `preset` and save it to `folder`.
+def build_random_pipeline(folder, preset: str = "tiny", seed: int = 0, dtype=torch.float32, device="cpu",
+                          save: bool = True):
+    """Build a pipeline with random weights from `preset` and save it to `folder` (unless `save` is off).
 
     A StableDiffusionPipeline, or a StableDiffusionXLPipeline for presets with a second text encoder.
+    `device`: where the weights are created (a GPU initialises SDXL's 2.6B parameters in seconds).
     """
     import shutil
 
@@ -143,15 +145,18 @@ def build_random_pipeline(folder, preset: str = "tiny", seed: int = 0, dtype=tor
     sdxl = "text_2" in cfg
     folder = Path(folder)
     toks = _tokenizers(folder, sdxl)
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**cfg["unet"])
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(**cfg["vae"])
-    torch.manual_seed(seed + 2)
-    text_encoder = _text_encoder(cfg["text"], toks[0], with_projection=False)
+    with torch.device(device):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**cfg["unet"]).to(dtype)
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(**cfg["vae"]).to(dtype)
+        torch.manual_seed(seed + 2)
+        text_encoder = _text_encoder(cfg["text"], toks[0], with_projection=False).to(dtype)
+        text_encoder_2 = None
+        if sdxl:
+            torch.manual_seed(seed + 3)
+            text_encoder_2 = _text_encoder(cfg["text_2"], toks[1], with_projection=True).to(dtype)
     if sdxl:
-        torch.manual_seed(seed + 3)
-        text_encoder_2 = _text_encoder(cfg["text_2"], toks[1], with_projection=True)
         pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                          tokenizer=toks[0], tokenizer_2=toks[1], unet=unet,
                                          scheduler=_scheduler(cfg), add_watermarker=False)
@@ -159,8 +164,8 @@ def build_random_pipeline(folder, preset: str = "tiny", seed: int = 0, dtype=tor
         pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=toks[0], unet=unet,
                                        scheduler=_scheduler(cfg), safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
-    pipe.to(dtype=dtype)
-    pipe.save_pretrained(str(folder))
+    if save:
+        pipe.save_pretrained(str(folder))
     shutil.rmtree(folder / "_tok")
     shutil.rmtree(folder / "_tok2", ignore_errors=True)
     return pipe
