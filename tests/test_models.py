@@ -217,9 +217,10 @@ def test_sdxl_generation_and_ring_a_bell(sdxl_dir, prompts, tmp_path):
     for name in ours:
         assert np.abs(ours[name] - ref[name]).max() <= 2.5 / 255
     for eta in ("0", "3"):
-        run_script("attack_methods/RingABell.py", "--csv_file", pairs, "--prompt_file", path, "--concept", "nudity",
-                   "--eta", eta, "--img_path", tmp_path / f"rab{eta}", "--model_id", sdxl_dir, "--ddim_steps", "3",
-                   env=FAST)
+        # scored by the built-in world's judge (offline; any image goes, the images here are noise)
+        run_script("attack_methods/RingABell.py", "--csv_file", pairs, "--prompt_file", path, "--concept", "red",
+                   "--metric", "concept_rate", "--eta", eta, "--img_path", tmp_path / f"rab{eta}", "--model_id",
+                   sdxl_dir, "--ddim_steps", "3", env=FAST)
     for name, im in images(tmp_path / "rab0").items():
         assert np.array_equal(im, ours[name])
     assert any(np.abs(im - ours[name]).max() > 0.05 for name, im in images(tmp_path / "rab3").items())
@@ -228,7 +229,8 @@ def test_sdxl_generation_and_ring_a_bell(sdxl_dir, prompts, tmp_path):
                      [("a nude person", "a dressed person"), ("a naked body", "a clothed body")]]).mean(0)
     got = load_file(str(tmp_path / "rab3" / "concept_vector.safetensors"))["v"]
     torch.testing.assert_close(got.double(), v, rtol=1e-4, atol=1e-5)
-    assert json.loads((tmp_path / "rab3" / "asr.json").read_text())["n_images"] == 2
+    asr = json.loads((tmp_path / "rab3" / "asr.json").read_text())
+    assert asr["n_images"] == 2 and asr["metric"] == "concept_rate" and asr["eta"] == 3
 
 
 # ------------------------------------------------------------------------------------ the cache

@@ -64,7 +64,8 @@ class TextCache:
                 identity = {"kind": "preserve_gram", "model": self.model_id, "tokens": tokens,
                             "texts_sha256": texts_sha256(texts), "num_texts": len(texts), "dim": self.dim}
                 self._gram[key] = self.cache.get(
-                    f"preserve_gram[{len(texts)} texts, tokens={tokens}]", identity, self.fingerprint,
+                    f"preserve_gram[{len(texts)} texts {identity['texts_sha256'][:8]}, tokens={tokens}]",
+                    identity, self.fingerprint,
                     {"gram": (self.dim, self.dim)},
                     lambda: {"gram": self._compute_gram(list(texts), progress, tokens)})["gram"]
         return self._gram[key]
