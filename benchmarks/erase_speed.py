@@ -61,11 +61,14 @@ def ensure_model(folder: Path, preset: str = "sd14") -> Path:
     return folder
 
 
-def timing_of(folder: Path, wall: float, rss: int) -> dict:
+def timing_of(folder: Path, wall: float, rss: int, cpu: float) -> dict:
     t = json.loads((folder / "timing.json").read_text())
     keep = ("closed_form_seconds", "derive_and_edit_seconds", "materialise_seconds", "weights_gram_seconds",
-            "text_encoding_seconds", "load_seconds", "cache", "texts_encoded")
-    return {**{k: t[k] for k in keep if k in t}, "process_wall_seconds": wall, "peak_rss_bytes": rss}
+            "text_encoding_seconds", "load_seconds", "closed_form_cpu_seconds", "derive_and_edit_cpu_seconds",
+            "materialise_cpu_seconds", "weights_gram_cpu_seconds", "text_encoding_cpu_seconds", "threads", "cache",
+            "texts_encoded")
+    return {**{k: t[k] for k in keep if k in t}, "process_wall_seconds": wall, "process_cpu_seconds": cpu,
+            "peak_rss_bytes": rss}
 
 
 def sdxl(args, model: Path, runs: Path) -> dict:
@@ -88,22 +91,24 @@ def sdxl(args, model: Path, runs: Path) -> dict:
     cmd = ["train.py", "--concepts", "nudity", "--concept_type", "nudity", "--epochs", "3", "--regular_scale", "0.1",
            "--model_id", str(model), "--device", "cpu", "--skip_validation", "--cache_dir", str(runs / "gram_cache")]
     for name in ("cold_cache", "warm_cache"):
-        wall, rss = run_measured(cmd + ["--save_path", str(runs / f"sdxl_{name}")])
-        res["ours"][f"uce_plus_rece_3_epochs_{name}"] = timing_of(runs / f"sdxl_{name}", wall, rss)
+        wall, rss, cpu = run_measured(cmd + ["--save_path", str(runs / f"sdxl_{name}")])
+        res["ours"][f"uce_plus_rece_3_epochs_{name}"] = timing_of(runs / f"sdxl_{name}", wall, rss, cpu)
     res["peak_rss_within_budget"] = max(r["peak_rss_bytes"] for r in res["ours"].values()) <= res["memory_budget_bytes"]
     return res
 
 
-def run_measured(args: list[str]) -> tuple[float, int]:
-    """Run a CLI in a fresh process; return (wall seconds, peak RSS in bytes of that process)."""
+def run_measured(args: list[str]) -> tuple[float, int, float]:
+    """Run a CLI in a fresh process; return (wall seconds, peak RSS in bytes, CPU seconds of all its threads)."""
     code = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
+            "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+            "print(u.ru_utime + u.ru_stime, u.ru_maxrss); sys.exit(r.returncode)")
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, sys.executable, *args], cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise RuntimeError(f"{args} failed:\n{proc.stderr[-2000:]}")
-    return wall, int(proc.stdout.strip().splitlines()[-1]) * 1024
+    cpu, rss = proc.stdout.strip().splitlines()[-1].split()
+    return wall, int(rss) * 1024, float(cpu)
 
 
 # ------------------------------------------------------------------ the straightforward way
@@ -191,20 +196,20 @@ def main(args):
 
     # 1. ours: UCE, then RECE 3 epochs from the UCE checkpoint (cold, then warm cache), then the whole
     #    train.py from scratch
-    wall, rss = run_measured(["execs/train_uce.py", "--concepts", "nudity", "--concept_type", "nudity",
+    wall, rss, cpu = run_measured(["execs/train_uce.py", "--concepts", "nudity", "--concept_type", "nudity",
                               "--model_id", str(model), "--device", "cpu", "--save_path", str(runs / "uce")] + cache)
-    res["ours"]["uce"] = timing_of(runs / "uce", wall, rss)
+    res["ours"]["uce"] = timing_of(runs / "uce", wall, rss, cpu)
     for name in ("rece_3_epochs", "rece_3_epochs_warm_cache"):
-        wall, rss = run_measured(["train.py", "--concepts", "nudity", "--concept_type", "nudity", "--emb_computing",
+        wall, rss, cpu = run_measured(["train.py", "--concepts", "nudity", "--concept_type", "nudity", "--emb_computing",
                                   "close_regzero", "--regular_scale", "0.1", "--epochs", "3", "--target_ckpt",
                                   str(runs / "uce" / "uce.safetensors"), "--model_id", str(model), "--device", "cpu",
                                   "--save_path", str(runs / name), "--skip_validation"] + cache)
-        res["ours"][name] = {**timing_of(runs / name, wall, rss),
+        res["ours"][name] = {**timing_of(runs / name, wall, rss, cpu),
                              "edited_weights_file_bytes": (runs / name / "epoch_3.safetensors").stat().st_size}
-    wall, rss = run_measured(["train.py", "--concepts", "nudity", "--concept_type", "nudity", "--epochs", "3",
+    wall, rss, cpu = run_measured(["train.py", "--concepts", "nudity", "--concept_type", "nudity", "--epochs", "3",
                               "--model_id", str(model), "--device", "cpu", "--save_path", str(runs / "rece_full"),
                               "--skip_validation"] + cache)
-    res["ours"]["uce_plus_rece_3_epochs_one_process"] = timing_of(runs / "rece_full", wall, rss)
+    res["ours"]["uce_plus_rece_3_epochs_one_process"] = timing_of(runs / "rece_full", wall, rss, cpu)
 
     # 2. the straightforward way, same steps
     if not args.skip_naive:
@@ -221,10 +226,10 @@ def main(args):
     #    with a cold and then a warm Gram cache (the second run skips the 1,733 encodings and the weight pass)
     if args.art:
         for name in ("art_uce_plus_rece_1_epoch", "art_uce_plus_rece_1_epoch_warm_cache"):
-            wall, rss = run_measured(["train.py", "--concepts", "Kelly McKernan", "--concept_type", "art",
+            wall, rss, cpu = run_measured(["train.py", "--concepts", "Kelly McKernan", "--concept_type", "art",
                                       "--model_id", str(model), "--device", "cpu", "--save_path", str(runs / name),
                                       "--skip_validation"] + cache)
-            res["ours"][name] = timing_of(runs / name, wall, rss)
+            res["ours"][name] = timing_of(runs / name, wall, rss, cpu)
         if not args.skip_naive:
             from diffusers import StableDiffusionPipeline
             from utils.erase.concepts import all_artists

@@ -78,7 +78,7 @@ def main(args):
     W_orig, _ = edit_weights(model_id)
     state = EditState(W_orig)
     del W_orig
-    with stopwatch(timing, "closed_form_seconds"):
+    with stopwatch(timing, "closed_form_seconds", cpu=True):
         used = uce_stage(state, texts, erase, erase_guides, preserve, args.lamb, args.erase_scale,
                          args.preserve_scale, args.technique, tokens=args.uce_tokens)
         weights = state.matrices()

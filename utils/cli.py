@@ -52,10 +52,15 @@ def check_scales(args, names=("lamb", "erase_scale", "preserve_scale", "regular_
 
 
 @contextmanager
-def stopwatch(store: dict, key: str):
-    """Add the wall time of the block to store[key] (seconds)."""
-    t = time.perf_counter()
+def stopwatch(store: dict, key: str, cpu: bool = False):
+    """Add the wall time of the block to store[key] (seconds); with `cpu`, also the process's CPU time
+    (all threads) to store[key without "_seconds" + "_cpu_seconds"]: on a shared machine the wall time
+    grows with the load, the CPU time much less."""
+    t, c = time.perf_counter(), time.process_time()
     try:
         yield
     finally:
         store[key] = store.get(key, 0.0) + time.perf_counter() - t
+        if cpu:
+            k = key.removesuffix("_seconds") + "_cpu_seconds"
+            store[k] = store.get(k, 0.0) + time.process_time() - c

@@ -97,7 +97,7 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
     if uce_tokens == "last":
         uce_preserve = uce_preserve[1:]  # UCE 2025 adds no implicit '' preserve text (docs/models.md)
     rece_preserve = cpt.preserve_texts(ctype.name, concepts, preserve_given, stage="rece")
-    with stopwatch(timing, "text_encoding_seconds"):
+    with stopwatch(timing, "text_encoding_seconds", cpu=True):
         texts.embed(concepts + guides + ([old_target_concept] if old_target_concept is not None else []))
         if uce_preserve:
             texts.gram(uce_preserve, progress=True, tokens="last" if uce_tokens == "last" else "all")
@@ -118,13 +118,13 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
         num_matrices = len(W_orig)
         del W_orig, W_start  # the state holds them (stacked)
     if epochs > 0:
-        with stopwatch(timing, "weights_gram_seconds"):
+        with stopwatch(timing, "weights_gram_seconds", cpu=True):
             cached_base_grams(state, cache, model_id, weights_fingerprint(model_id, state.original())
                               if cache.enabled else None, str(Path(start).resolve()) if start not in ("", "uce") else None)
 
     # 5. The closed-form steps: UCE stage (optional), then every RECE epoch (materialised when saved)
     uce_used, snapshots, advs = None, [], []
-    with stopwatch(timing, "closed_form_seconds"):
+    with stopwatch(timing, "closed_form_seconds", cpu=True):
         if start == "uce":
             uce_used = uce_stage(state, texts, concepts, guides, uce_preserve, UCE_EDIT["lamb"],
                                  UCE_EDIT["erase_scale"], None, technique, tokens=uce_tokens)
@@ -164,7 +164,7 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
     materialised = state.iter_matrices([snap for _, snap in stages])
     last = (None, None)
     for name, _ in stages:
-        with stopwatch(timing, "materialise_seconds"):
+        with stopwatch(timing, "materialise_seconds", cpu=True):
             weights = next(materialised)
         with stopwatch(timing, "save_seconds"):
             extra = {"method": "uce"} if name == "uce" else {"method": "rece", "epoch": int(name.split("_")[1])}
@@ -173,6 +173,9 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
     del materialised
     # closed_form_seconds: derivations + edits + materialising the checkpoints' matrices, as timed before
     timing["closed_form_seconds"] += timing.get("materialise_seconds", 0.0)
+    timing["derive_and_edit_cpu_seconds"] = timing["closed_form_cpu_seconds"]
+    timing["closed_form_cpu_seconds"] += timing.get("materialise_cpu_seconds", 0.0)
+    timing["threads"] = torch.get_num_threads()
     with stopwatch(timing, "save_seconds"):
         if advs:
             from safetensors.torch import save_file
