@@ -282,8 +282,8 @@ def denoise(pipe, cond: torch.Tensor, uncond: torch.Tensor, latents: torch.Tenso
     # Decode one image at a time: the VAE runs on batch 1 whatever the batch, so a decoded image never
     # depends on its neighbours (oneDNN picks other convolution kernels for batch 1 than for more).
     if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
-        vae = copy.deepcopy(vae).float()  # SDXL's VAE overflows in fp16, as the pipeline knows
-        latents = latents.float()
+        vae.to(torch.float32)  # SDXL's VAE overflows in fp16: upcast it for good, as the pipeline does
+    latents = latents.to(vae.dtype)
     latents = latents / vae.config.scaling_factor
     image = torch.cat([vae.decode(latents[j:j + 1], return_dict=False)[0] for j in range(b)])
     return pipe.image_processor.postprocess(image, output_type="pil")
