@@ -47,7 +47,8 @@ from utils.generate.sampling import OUTPUTS, SCHEDULERS  # noqa: E402
 from utils.io import atomic_path, file_sha256, prepare_resumable_run_dir, stale_results, write_json  # noqa: E402
 from utils.prompts import prompts_source  # noqa: E402
 from utils.score.nudity import DETECTIONS_FILE, model_path  # noqa: E402
-from utils.models import add_model_args, encode_texts, load_pipeline, quiet_libraries, resolve_device, resolve_model_id  # noqa: E402
+from utils.models import (add_model_args, encode_texts, load_pipeline, quiet_libraries, resolve_device,  # noqa: E402
+                          resolve_model_id, text_components)
 from utils.score.evaluation import METRICS, score_run  # noqa: E402
 
 # The paper's settings (docs/method.md §7): concept -> (eta, metric, the concept as the scorer names it)
@@ -210,8 +211,10 @@ def main(args):
         load_checkpoint_into_unet(pipe.unet, args.ckpt)
 
     # 3. The attacked conditions: E(p) + eta * v
-    v = concept_vector(pipe.tokenizer, pipe.text_encoder, sensitive, normal, args.vector)
-    E, _ = encode_texts(pipe.tokenizer, pipe.text_encoder, table["prompt"].tolist())
+    # SDXL: E is 77 x 2048 (both encoders); the attacked rows keep the pooled embedding of their own
+    # prompt p (generate_table's default, docs/models.md)
+    v = concept_vector(*text_components(pipe), sensitive, normal, args.vector)
+    E, _ = encode_texts(*text_components(pipe), table["prompt"].tolist())
     attacked = check_finite(E + eta * v, "the attacked embeddings E(p) + eta * v")
     config = {"attack": "ring-a-bell (embedding level, docs/method.md §7)", "model_id": model_id, "ckpt": args.ckpt,
               "concept": args.concept, "target": target, "metric": metric, "eta": eta, "vector": args.vector,

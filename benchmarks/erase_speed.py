@@ -1,13 +1,17 @@
-"""Speed and memory of the closed-form erasure on Stable Diffusion 1.4's exact shapes.
+"""Speed and memory of the closed-form erasure on Stable Diffusion 1.4's and SDXL's exact shapes.
 
     python benchmarks/erase_speed.py            # nudity: UCE + 3 RECE epochs, ours vs straightforward
-    python benchmarks/erase_speed.py --art      # also one artist with the 1,733 others preserved
+    python benchmarks/erase_speed.py --art      # also one artist with the 1,733 others preserved, cold and warm cache
+    python benchmarks/erase_speed.py --preset sdxl --skip_naive   # SDXL's shapes: UCE + 3 RECE epochs, memory
 
-Builds (once, cached in benchmarks/cache/sd14) a pipeline with SD 1.4's shapes and random weights,
-offline. Measures, in one run:
+Builds (once, cached in benchmarks/cache/<preset>) a pipeline with the preset's shapes and random
+weights, offline (SDXL: text encoders at full size, the UNet as a sparse file holding random edited
+matrices, `tests/tiny.py::build_edit_model`; editing never loads the UNet). Every toolkit run uses a
+Gram cache private to this benchmark run (docs/models.md), first cold, then warm. Measures, in one run:
 - ours: `execs/train_uce.py` and `train.py --skip_validation` as subprocesses, their own
-  closed_form_seconds (derivation + edits + materialising the matrices) and the peak RSS of the
-  whole process, and the edited-weights file size;
+  closed_form_seconds (derivation + edits + materialising the matrices), weights_gram_seconds (the
+  fp64 pass over the weights, or reading it from the cache), text_encoding_seconds, the cache's
+  status, the peak RSS of the whole process, and the edited-weights file size;
 - the straightforward way, in this process: two full pipelines in memory (original and edited), and
   for every layer the text embeddings and targets recomputed inside the layer loop, explicit inverses,
   RECE's sums accumulated layer by layer -- the shape of the authors' released code.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import resource
 import subprocess
@@ -35,7 +40,8 @@ from utils.models import CROSS_ATTN_KEY, quiet_libraries  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cache", default=str(REPO / "benchmarks" / "cache" / "sd14"), help="SD 1.4-shaped pipeline folder")
+    p.add_argument("--preset", choices=["sd14", "sdxl"], default="sd14", help="model shapes (default sd14)")
+    p.add_argument("--cache", default=None, help="pipeline folder (default benchmarks/cache/<preset>)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="results folder")
     p.add_argument("--art", action="store_true", help="also erase one artist preserving the 1,733 others")
     p.add_argument("--skip_naive", action="store_true", help="only measure the toolkit")
@@ -44,24 +50,65 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def ensure_model(folder: Path) -> Path:
+def ensure_model(folder: Path, preset: str = "sd14") -> Path:
     if not (folder / "model_index.json").exists():
-        from tests.tiny import build_random_pipeline
-        print(f"building an SD 1.4-shaped pipeline with random weights in {folder} ...", file=sys.stderr)
-        build_random_pipeline(folder, "sd14", seed=0)
+        from tests.tiny import build_edit_model, build_random_pipeline
+        print(f"building a {preset}-shaped pipeline with random weights in {folder} ...", file=sys.stderr)
+        if preset == "sdxl":
+            build_edit_model(folder, "sdxl", seed=0)
+        else:
+            build_random_pipeline(folder, preset, seed=0)
     return folder
 
 
-def run_measured(args: list[str]) -> tuple[float, int]:
-    """Run a CLI in a fresh process; return (wall seconds, peak RSS in bytes of that process)."""
+def timing_of(folder: Path, wall: float, rss: int, cpu: float) -> dict:
+    t = json.loads((folder / "timing.json").read_text())
+    keep = ("closed_form_seconds", "derive_and_edit_seconds", "materialise_seconds", "weights_gram_seconds",
+            "text_encoding_seconds", "load_seconds", "closed_form_cpu_seconds", "derive_and_edit_cpu_seconds",
+            "materialise_cpu_seconds", "weights_gram_cpu_seconds", "text_encoding_cpu_seconds", "threads", "cache",
+            "texts_encoded")
+    return {**{k: t[k] for k in keep if k in t}, "process_wall_seconds": wall, "process_cpu_seconds": cpu,
+            "peak_rss_bytes": rss}
+
+
+def sdxl(args, model: Path, runs: Path) -> dict:
+    """SDXL's shapes: UCE + 3 RECE epochs in one train.py process, cold then warm cache; memory budget."""
+    from safetensors import safe_open
+
+    from utils.models import read_cross_attention_weights
+
+    enc_bytes = 0
+    for sub in ("text_encoder", "text_encoder_2"):
+        for f in (model / sub).glob("*.safetensors"):
+            with safe_open(str(f), framework="pt") as h:
+                enc_bytes += sum(4 * math.prod(h.get_slice(k).get_shape()) for k in h.keys())
+    W = read_cross_attention_weights(str(model))
+    edited_bytes = sum(4 * w.numel() for w in W.values())
+    res = {"model": "SDXL base 1.0 shapes, random weights (UNet file sparse: only the edited matrices random)",
+           "edited_matrices": len(W), "edited_parameters": edited_bytes // 4, "text_encoders_fp32_bytes": enc_bytes,
+           "memory_budget_bytes": enc_bytes + edited_bytes + 2 ** 30, "threads": torch.get_num_threads(), "ours": {}}
+    del W
+    cmd = ["train.py", "--concepts", "nudity", "--concept_type", "nudity", "--epochs", "3", "--regular_scale", "0.1",
+           "--model_id", str(model), "--device", "cpu", "--skip_validation", "--cache_dir", str(runs / "gram_cache")]
+    for name in ("cold_cache", "warm_cache"):
+        wall, rss, cpu = run_measured(cmd + ["--save_path", str(runs / f"sdxl_{name}")])
+        res["ours"][f"uce_plus_rece_3_epochs_{name}"] = timing_of(runs / f"sdxl_{name}", wall, rss, cpu)
+    res["peak_rss_within_budget"] = max(r["peak_rss_bytes"] for r in res["ours"].values()) <= res["memory_budget_bytes"]
+    return res
+
+
+def run_measured(args: list[str]) -> tuple[float, int, float]:
+    """Run a CLI in a fresh process; return (wall seconds, peak RSS in bytes, CPU seconds of all its threads)."""
     code = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
+            "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+            "print(u.ru_utime + u.ru_stime, u.ru_maxrss); sys.exit(r.returncode)")
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, sys.executable, *args], cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise RuntimeError(f"{args} failed:\n{proc.stderr[-2000:]}")
-    return wall, int(proc.stdout.strip().splitlines()[-1]) * 1024
+    cpu, rss = proc.stdout.strip().splitlines()[-1].split()
+    return wall, int(rss) * 1024, float(cpu)
 
 
 # ------------------------------------------------------------------ the straightforward way
@@ -135,33 +182,34 @@ def naive_nudity(model: Path, epochs: int = 3) -> dict:
 
 def main(args):
     quiet_libraries()
-    model = ensure_model(Path(args.cache))
+    model = ensure_model(Path(args.cache or REPO / "benchmarks" / "cache" / args.preset), args.preset)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = out / f"runs-{os.getpid()}"
+    if args.preset == "sdxl":
+        res = sdxl(args, model, runs)
+        (out / "erase_speed_sdxl.json").write_text(json.dumps(res, indent=2))
+        print(json.dumps(res, indent=2))
+        return
     res = {"model": "SD 1.4 shapes, random weights", "threads": torch.get_num_threads(), "ours": {}, "straightforward": {}}
+    cache = ["--cache_dir", str(runs / "gram_cache")]
 
-    # 1. ours: UCE, then RECE 3 epochs from the UCE checkpoint, then the whole train.py from scratch
-    wall, rss = run_measured(["execs/train_uce.py", "--concepts", "nudity", "--concept_type", "nudity",
-                              "--model_id", str(model), "--device", "cpu", "--save_path", str(runs / "uce")])
-    t = json.loads((runs / "uce" / "timing.json").read_text())
-    res["ours"]["uce"] = {"closed_form_seconds": t["closed_form_seconds"], "text_encoding_seconds": t["text_encoding_seconds"],
-                          "process_wall_seconds": wall, "peak_rss_bytes": rss}
-    wall, rss = run_measured(["train.py", "--concepts", "nudity", "--concept_type", "nudity", "--emb_computing",
-                              "close_regzero", "--regular_scale", "0.1", "--epochs", "3", "--target_ckpt",
-                              str(runs / "uce" / "uce.safetensors"), "--model_id", str(model), "--device", "cpu",
-                              "--save_path", str(runs / "rece"), "--skip_validation"])
-    t = json.loads((runs / "rece" / "timing.json").read_text())
-    res["ours"]["rece_3_epochs"] = {"closed_form_seconds": t["closed_form_seconds"],
-                                    "text_encoding_seconds": t["text_encoding_seconds"],
-                                    "process_wall_seconds": wall, "peak_rss_bytes": rss,
-                                    "edited_weights_file_bytes": (runs / "rece" / "epoch_3.safetensors").stat().st_size}
-    wall, rss = run_measured(["train.py", "--concepts", "nudity", "--concept_type", "nudity", "--epochs", "3",
+    # 1. ours: UCE, then RECE 3 epochs from the UCE checkpoint (cold, then warm cache), then the whole
+    #    train.py from scratch
+    wall, rss, cpu = run_measured(["execs/train_uce.py", "--concepts", "nudity", "--concept_type", "nudity",
+                              "--model_id", str(model), "--device", "cpu", "--save_path", str(runs / "uce")] + cache)
+    res["ours"]["uce"] = timing_of(runs / "uce", wall, rss, cpu)
+    for name in ("rece_3_epochs", "rece_3_epochs_warm_cache"):
+        wall, rss, cpu = run_measured(["train.py", "--concepts", "nudity", "--concept_type", "nudity", "--emb_computing",
+                                  "close_regzero", "--regular_scale", "0.1", "--epochs", "3", "--target_ckpt",
+                                  str(runs / "uce" / "uce.safetensors"), "--model_id", str(model), "--device", "cpu",
+                                  "--save_path", str(runs / name), "--skip_validation"] + cache)
+        res["ours"][name] = {**timing_of(runs / name, wall, rss, cpu),
+                             "edited_weights_file_bytes": (runs / name / "epoch_3.safetensors").stat().st_size}
+    wall, rss, cpu = run_measured(["train.py", "--concepts", "nudity", "--concept_type", "nudity", "--epochs", "3",
                               "--model_id", str(model), "--device", "cpu", "--save_path", str(runs / "rece_full"),
-                              "--skip_validation"])
-    t = json.loads((runs / "rece_full" / "timing.json").read_text())
-    res["ours"]["uce_plus_rece_3_epochs_one_process"] = {"closed_form_seconds": t["closed_form_seconds"],
-                                                         "process_wall_seconds": wall, "peak_rss_bytes": rss}
+                              "--skip_validation"] + cache)
+    res["ours"]["uce_plus_rece_3_epochs_one_process"] = timing_of(runs / "rece_full", wall, rss, cpu)
 
     # 2. the straightforward way, same steps
     if not args.skip_naive:
@@ -174,13 +222,14 @@ def main(args):
         res["speedup_uce"] = naive["uce_seconds"] / res["ours"]["uce"]["closed_form_seconds"]
         res["speedup_rece_3_epochs"] = naive["rece_3_epochs_seconds"] / res["ours"]["rece_3_epochs"]["closed_form_seconds"]
 
-    # 3. art: one artist, the 1,733 others preserved (docs/method.md §2a), UCE + 1 RECE epoch, end to end
+    # 3. art: one artist, the 1,733 others preserved (docs/method.md §2a), UCE + 1 RECE epoch, end to end,
+    #    with a cold and then a warm Gram cache (the second run skips the 1,733 encodings and the weight pass)
     if args.art:
-        wall, rss = run_measured(["train.py", "--concepts", "Kelly McKernan", "--concept_type", "art",
-                                  "--model_id", str(model), "--device", "cpu", "--save_path", str(runs / "art"),
-                                  "--skip_validation"])
-        t = json.loads((runs / "art" / "timing.json").read_text())
-        res["ours"]["art_uce_plus_rece_1_epoch"] = {"process_wall_seconds": wall, "peak_rss_bytes": rss, **t}
+        for name in ("art_uce_plus_rece_1_epoch", "art_uce_plus_rece_1_epoch_warm_cache"):
+            wall, rss, cpu = run_measured(["train.py", "--concepts", "Kelly McKernan", "--concept_type", "art",
+                                      "--model_id", str(model), "--device", "cpu", "--save_path", str(runs / name),
+                                      "--skip_validation"] + cache)
+            res["ours"][name] = timing_of(runs / name, wall, rss, cpu)
         if not args.skip_naive:
             from diffusers import StableDiffusionPipeline
             from utils.erase.concepts import all_artists

@@ -14,6 +14,14 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def gram_cache_dir(tmp_path_factory) -> Path:
+    """The erasure CLIs' on-disk Gram cache (docs/models.md), private to this test session."""
+    folder = tmp_path_factory.mktemp("gram_cache")
+    os.environ["RECE_TOOLKIT_CACHE"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory) -> Path:
     """A saved diffusers StableDiffusionPipeline with random tiny weights (built once per session)."""

@@ -37,11 +37,58 @@ SD14 = dict(
     text=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
               layer_norm_eps=1e-5, projection_dim=768, hidden_act="quick_gelu"),
 )
-PRESETS = {"tiny": TINY, "sd14": SD14}
+
+# SD 2.x style (docs/models.md): an OpenCLIP-sized text encoder stand-in (width 1024, as SD 2's
+# OpenCLIP ViT-H text tower; two small layers), linear projections in the transformer blocks, and
+# the 768 model's v_prediction or the -base model's epsilon.
+_SD2_TINY = dict(
+    unet=dict(TINY["unet"], cross_attention_dim=1024, use_linear_projection=True),
+    vae=TINY["vae"],
+    text=dict(hidden_size=1024, intermediate_size=64, num_attention_heads=16, num_hidden_layers=2,
+              layer_norm_eps=1e-5, projection_dim=64, hidden_act="gelu"),
+)
+SD2 = dict(_SD2_TINY, prediction_type="v_prediction")
+SD2_BASE = dict(_SD2_TINY, prediction_type="epsilon")
+
+# SDXL style, tiny: two text encoders of different widths (32 + 48 = 80-d conditions, so that
+# concatenation order matters), the second with a 16-d projection (the pooled embedding); the UNet
+# takes text + size/crop time ids (6 x 8 + 16 = 64 inputs to its added embedding).
+SDXL_TINY = dict(
+    unet=dict(block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+              down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+              up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=80,
+              attention_head_dim=(2, 4), use_linear_projection=True, transformer_layers_per_block=(1, 2),
+              addition_embed_type="text_time", addition_time_embed_dim=8,
+              projection_class_embeddings_input_dim=64, norm_num_groups=32),
+    vae=dict(TINY["vae"], scaling_factor=0.13025, force_upcast=True),
+    text=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3,
+              layer_norm_eps=1e-5, projection_dim=32, hidden_act="quick_gelu"),
+    text_2=dict(hidden_size=48, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3,
+                layer_norm_eps=1e-5, projection_dim=16, hidden_act="gelu"),
+)
+
+# SDXL base 1.0's exact shapes (UNet 2.6B: 70 transformer blocks, 140 edited matrices of width 2048;
+# CLIP ViT-L/14 text 123M + OpenCLIP bigG text 695M; VAE 84M); weights are random.
+SDXL = dict(
+    unet=dict(block_out_channels=(320, 640, 1280), layers_per_block=2, sample_size=128, in_channels=4,
+              out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+              up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+              cross_attention_dim=2048, attention_head_dim=(5, 10, 20), use_linear_projection=True,
+              transformer_layers_per_block=(1, 2, 10), addition_embed_type="text_time",
+              addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816),
+    vae=dict(SD14["vae"], sample_size=1024, scaling_factor=0.13025, force_upcast=True),
+    text=SD14["text"],
+    text_2=dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
+                layer_norm_eps=1e-5, projection_dim=1280, hidden_act="gelu"),
+)
+PRESETS = {"tiny": TINY, "sd14": SD14, "sd2": SD2, "sd2-base": SD2_BASE, "sdxl-tiny": SDXL_TINY, "sdxl": SDXL}
 
 
-def write_char_tokenizer(folder) -> None:
-    """A CLIPTokenizer whose vocabulary is the printable ASCII characters (plain and word-final)."""
+def write_char_tokenizer(folder, pad_token: str | None = None) -> None:
+    """A CLIPTokenizer whose vocabulary is the printable ASCII characters (plain and word-final).
+
+    `pad_token`: SDXL's second tokenizer pads with "!" instead of the end-of-text token.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     chars = [c for c in string.printable if not c.isspace()]
@@ -50,37 +97,158 @@ def write_char_tokenizer(folder) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n")
     from transformers import CLIPTokenizer
 
-    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    kwargs = {"pad_token": pad_token} if pad_token else {}
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77, **kwargs)
     tok.save_pretrained(str(folder))
 
 
-def build_random_pipeline(folder, preset: str = "tiny", seed: int = 0, dtype=torch.float32):
-    """Build a StableDiffusionPipeline with random weights from `preset` and save it to `folder`."""
-    from diffusers import AutoencoderKL, LMSDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def _text_encoder(cfg: dict, tokenizer, with_projection: bool):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    cfg = PRESETS[preset]
-    folder = Path(folder)
-    write_char_tokenizer(folder / "_tok")
-    tokenizer = CLIPTokenizer.from_pretrained(str(folder / "_tok"))
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**cfg["unet"])
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(**cfg["vae"])
-    torch.manual_seed(seed + 2)
     text_cfg = CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=77,
                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                              pad_token_id=tokenizer.pad_token_id, **cfg["text"])
-    text_encoder = CLIPTextModel(text_cfg)
-    from utils.generate.sampling import SD_BETAS
+                              pad_token_id=tokenizer.pad_token_id, **cfg)
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(text_cfg)
 
-    scheduler = LMSDiscreteScheduler(**SD_BETAS, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.to(dtype=dtype)
-    pipe.save_pretrained(str(folder))
+
+def _tokenizers(folder: Path, sdxl: bool):
+    from transformers import CLIPTokenizer
+
+    write_char_tokenizer(folder / "_tok")
+    toks = [CLIPTokenizer.from_pretrained(str(folder / "_tok"))]
+    if sdxl:
+        write_char_tokenizer(folder / "_tok2", pad_token="!")
+        toks.append(CLIPTokenizer.from_pretrained(str(folder / "_tok2")))
+    return toks
+
+
+def _scheduler(cfg: dict):
+    from diffusers import LMSDiscreteScheduler
+
+    return LMSDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                num_train_timesteps=1000, steps_offset=1,
+                                prediction_type=cfg.get("prediction_type", "epsilon"))
+
+
+def build_random_pipeline(folder, preset: str = "tiny", seed: int = 0, dtype=torch.float32, device="cpu",
+                          save: bool = True):
+    """Build a pipeline with random weights from `preset` and save it to `folder` (unless `save` is off).
+
+    A StableDiffusionPipeline, or a StableDiffusionXLPipeline for presets with a second text encoder.
+    `device`: where the weights are created (a GPU initialises SDXL's 2.6B parameters in seconds).
+    """
     import shutil
 
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    cfg = PRESETS[preset]
+    sdxl = "text_2" in cfg
+    folder = Path(folder)
+    toks = _tokenizers(folder, sdxl)
+    with torch.device(device):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**cfg["unet"]).to(dtype)
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(**cfg["vae"]).to(dtype)
+        torch.manual_seed(seed + 2)
+        text_encoder = _text_encoder(cfg["text"], toks[0], with_projection=False).to(dtype)
+        text_encoder_2 = None
+        if sdxl:
+            torch.manual_seed(seed + 3)
+            text_encoder_2 = _text_encoder(cfg["text_2"], toks[1], with_projection=True).to(dtype)
+    if sdxl:
+        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                         tokenizer=toks[0], tokenizer_2=toks[1], unet=unet,
+                                         scheduler=_scheduler(cfg), add_watermarker=False)
+    else:
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=toks[0], unet=unet,
+                                       scheduler=_scheduler(cfg), safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    if save:
+        pipe.save_pretrained(str(folder))
     shutil.rmtree(folder / "_tok")
+    shutil.rmtree(folder / "_tok2", ignore_errors=True)
     return pipe
+
+
+def build_edit_model(folder, preset: str = "sdxl", seed: int = 0) -> Path:
+    """A pipeline folder for the closed-form edit only, at full size without holding the UNet in memory.
+
+    The text encoders (and VAE) are built with random weights as in `build_random_pipeline`; the UNet
+    is written straight to disk: a complete safetensors file with every parameter of the preset's UNet
+    (shapes from a model built on the meta device), random `attn2.to_k/to_v` matrices and every other
+    tensor left as zeros (a sparse file: no disk blocks, no memory). Editing reads only the header and
+    the edited matrices (`utils.models.read_cross_attention_weights`), so this is all it needs; the
+    images such a UNet would make are meaningless (use `build_random_pipeline` for generation).
+    """
+    import shutil
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    cfg = PRESETS[preset]
+    sdxl = "text_2" in cfg
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    toks = _tokenizers(folder, sdxl)
+    names = [("tokenizer", "text_encoder", cfg["text"], False)]
+    if sdxl:
+        names.append(("tokenizer_2", "text_encoder_2", cfg["text_2"], True))
+    for i, (tok_dir, enc_dir, text_cfg, proj) in enumerate(names):
+        toks[i].save_pretrained(str(folder / tok_dir))
+        torch.manual_seed(seed + 2 + i)
+        enc = _text_encoder(text_cfg, toks[i], with_projection=proj)
+        enc.save_pretrained(str(folder / enc_dir))
+        del enc
+    torch.manual_seed(seed + 1)
+    AutoencoderKL(**cfg["vae"]).save_pretrained(str(folder / "vae"))
+    _scheduler(cfg).save_pretrained(str(folder / "scheduler"))
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**cfg["unet"])
+    unet.save_config(str(folder / "unet"))
+    _write_sparse_safetensors(folder / "unet" / "diffusion_pytorch_model.safetensors",
+                              {k: tuple(v.shape) for k, v in unet.state_dict().items()}, seed)
+    from diffusers import __version__ as diffusers_version
+
+    pipeline = "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline"
+    index = {"_class_name": pipeline, "_diffusers_version": diffusers_version,
+             "scheduler": ["diffusers", "LMSDiscreteScheduler"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "text_encoder": ["transformers", "CLIPTextModel"], "unet": ["diffusers", "UNet2DConditionModel"],
+             "vae": ["diffusers", "AutoencoderKL"]}
+    if sdxl:
+        index.update(tokenizer_2=["transformers", "CLIPTokenizer"],
+                     text_encoder_2=["transformers", "CLIPTextModelWithProjection"], force_zeros_for_empty_prompt=True)
+    else:
+        index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    shutil.rmtree(folder / "_tok")
+    shutil.rmtree(folder / "_tok2", ignore_errors=True)
+    return folder
+
+
+def _write_sparse_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], seed: int) -> None:
+    """A float32 safetensors file of `shapes`: attn2.to_k/to_v uniform(+-1/sqrt(fan_in)) like nn.Linear's
+    initialisation, every other tensor zeros left as holes in a sparse file."""
+    import math
+    import re
+
+    keys = sorted(shapes)
+    header, offset = {}, 0
+    for k in keys:
+        n = 4 * math.prod(shapes[k])
+        header[k] = {"dtype": "F32", "shape": list(shapes[k]), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    g = torch.Generator().manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        start = f.tell()
+        for k in keys:
+            if re.search(r"attn2\.to_[kv]\.weight$", k):
+                bound = 1 / math.sqrt(shapes[k][1])
+                w = (torch.rand(shapes[k], generator=g) * 2 - 1) * bound
+                f.seek(start + header[k]["data_offsets"][0])
+                f.write(w.numpy().tobytes())
+        f.truncate(start + offset)

@@ -103,6 +103,15 @@ def add_edit_args(parser, *, lamb: float | None, preserve_scale: float | None) -
                              (" (default max(0.1, 1/#preserve texts))" if preserve_scale is None
                               else f" (default {preserve_scale})"))
     parser.add_argument("--text_batch_size", type=batch_size_arg, default=64, help="texts per text-encoder batch")
+    parser.add_argument("--uce_tokens", default="slice", choices=["slice", "last"],
+                        help="rows of the UCE edit: slice = from the last word token to the end, aligned with the "
+                             "guide (the RECE code, docs/method.md §2a); last = the last word token's row only, for "
+                             "erase and preserve texts, no implicit '' preserve text (UCE 2025, docs/models.md)")
+    parser.add_argument("--cache_dir", default=None,
+                        help="where the base model's Gram sums are kept between runs (default $RECE_TOOLKIT_CACHE, "
+                             "else ~/.cache/rece-toolkit; docs/models.md)")
+    parser.add_argument("--no_cache", action="store_true",
+                        help="neither read nor write the Gram cache: encode and sum everything in this run")
 
 
 def check_scales(args, names=("lamb", "erase_scale", "preserve_scale", "regular_scale")) -> None:
@@ -112,14 +121,21 @@ def check_scales(args, names=("lamb", "erase_scale", "preserve_scale", "regular_
             check_finite(float(v), f"--{name}")
             if v < 0:
                 raise UserError(f"--{name} must be a non-negative number, got {v}")
+    if getattr(args, "no_cache", False) and getattr(args, "cache_dir", None):
+        raise UserError("--no_cache and --cache_dir contradict each other; give one of them")
     check_count(getattr(args, "text_batch_size", 1), "--text_batch_size")
 
 
 @contextmanager
-def stopwatch(store: dict, key: str):
-    """Add the wall time of the block to store[key] (seconds)."""
-    t = time.perf_counter()
+def stopwatch(store: dict, key: str, cpu: bool = False):
+    """Add the wall time of the block to store[key] (seconds); with `cpu`, also the process's CPU time
+    (all threads) to store[key without "_seconds" + "_cpu_seconds"]: on a shared machine the wall time
+    grows with the load, the CPU time much less."""
+    t, c = time.perf_counter(), time.process_time()
     try:
         yield
     finally:
         store[key] = store.get(key, 0.0) + time.perf_counter() - t
+        if cpu:
+            k = key.removesuffix("_seconds") + "_cpu_seconds"
+            store[k] = store.get(k, 0.0) + time.process_time() - c

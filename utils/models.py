@@ -3,14 +3,19 @@ cross-attention key/value projections that UCE and RECE edit (docs/method.md §1
 
 Two ways in, for two kinds of work:
 - `load_pipeline` loads a whole diffusers pipeline (generation, validation, attacks).
-- `load_text_encoder` + `read_cross_attention_weights` load only what the closed-form edit needs:
-  the text encoder and the 2L `attn2.to_k` / `attn2.to_v` matrices, read straight from the UNet's
+- `load_text_encoders` + `read_cross_attention_weights` load only what the closed-form edit needs:
+  the text encoder(s) and the 2L `attn2.to_k` / `attn2.to_v` matrices, read straight from the UNet's
   weights file. For SD 1.4 that is 77 MB of UNet instead of 3.4 GB, which is why `train.py` fits in
   well under 2 GB of memory.
+
+SD 1.x, SD 2.x and SDXL are handled alike (docs/models.md): `TextEncoders` encodes texts as each
+pipeline's `encode_prompt` does (SDXL: two encoders, penultimate hidden states concatenated, d = 2048,
+plus a pooled embedding); everything downstream only sees E(t) (77 x d).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 from pathlib import Path
@@ -22,7 +27,8 @@ from utils.io import natural_key, quiet_libraries  # noqa: F401  (quiet_librarie
 from utils.io import REPO_ROOT, tensor_file_kind
 
 DEFAULT_MODEL_ID = "CompVis/stable-diffusion-v1-4"
-BASES = {"1.4": "CompVis/stable-diffusion-v1-4", "2.1": "stabilityai/stable-diffusion-2-1-base"}
+BASES = {"1.4": "CompVis/stable-diffusion-v1-4", "2.1": "stabilityai/stable-diffusion-2-1-base",
+         "2.1-v": "stabilityai/stable-diffusion-2-1", "xl": "stabilityai/stable-diffusion-xl-base-1.0"}
 # Named built-in models shipped in the repository (the built-in testbed, not a Hub model).
 BUILTIN_MODELS = {"shapes": REPO_ROOT / "models" / "shapes"}
 
@@ -41,7 +47,7 @@ def add_model_args(parser: argparse.ArgumentParser, device: bool = True) -> None
                    help=f"Hub id or local diffusers folder, or a built-in ({', '.join(BUILTIN_MODELS)}); "
                         f"default {DEFAULT_MODEL_ID}")
     g.add_argument("--base", choices=sorted(BASES), default=None,
-                   help="shorthand: 1.4 = CompVis/stable-diffusion-v1-4, 2.1 = stabilityai/stable-diffusion-2-1-base")
+                   help="shorthand: " + ", ".join(f"{k} = {v}" for k, v in BASES.items()) + " (docs/models.md)")
     if device:
         g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
@@ -151,7 +157,9 @@ def load_pipeline(model_id: str, device="cpu", dtype=torch.float32):
     """Load a Stable Diffusion pipeline from a Hub id or local folder, safety checker off."""
     from diffusers import DiffusionPipeline
 
-    kwargs = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    kwargs = dict(dtype=dtype)
+    if not is_sdxl(model_id):  # SDXL pipelines have no safety checker to turn off
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
         pipe = DiffusionPipeline.from_pretrained(model_id, **kwargs)
     except (OSError, ValueError, EnvironmentError) as e:
@@ -160,16 +168,41 @@ def load_pipeline(model_id: str, device="cpu", dtype=torch.float32):
     return pipe.to(device)
 
 
-def load_text_encoder(model_id: str, device="cpu", dtype=torch.float32):
-    """Load only the tokenizer and CLIP text encoder of a pipeline."""
-    from transformers import AutoTokenizer, CLIPTextModel
-
+def model_index(model_id: str) -> dict:
+    """The pipeline's model_index.json ({} when it cannot be read)."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_id, subfolder="tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(model_id, subfolder="text_encoder", dtype=dtype)
+        if _is_local(model_id):
+            path = Path(model_id) / "model_index.json"
+        else:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(model_id, "model_index.json"))
+        return json.loads(path.read_text())
+    except Exception:
+        return {}
+
+
+def is_sdxl(model_id: str) -> bool:
+    """True for an SDXL-style pipeline: two text encoders (text_encoder_2 in its model_index.json)."""
+    index = model_index(model_id)
+    return bool(index.get("text_encoder_2")) and index.get("text_encoder_2") != [None, None]
+
+
+def load_text_encoders(model_id: str, device="cpu", dtype=torch.float32) -> "TextEncoders":
+    """Load only the tokenizer(s) and CLIP text encoder(s) of a pipeline (two for SDXL)."""
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+
+    parts = [("tokenizer", "text_encoder", CLIPTextModel)]
+    if is_sdxl(model_id):
+        parts.append(("tokenizer_2", "text_encoder_2", CLIPTextModelWithProjection))
+    tokenizers, encoders = [], []
+    try:
+        for tok_dir, enc_dir, cls in parts:
+            tokenizers.append(AutoTokenizer.from_pretrained(model_id, subfolder=tok_dir))
+            encoders.append(cls.from_pretrained(model_id, subfolder=enc_dir, dtype=dtype).to(device))
     except (OSError, ValueError, EnvironmentError) as e:
         raise _hub_error(model_id, e)
-    return tokenizer, text_encoder.to(device).eval()
+    return TextEncoders(tokenizers, encoders)
 
 
 def unet_weights_file(model_id: str) -> Path:
@@ -235,8 +268,10 @@ def cross_attention_modules(unet) -> dict[str, torch.nn.Linear]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Text embeddings (docs/method.md §1): E(t) is the last hidden state for t padded to 77 tokens; f(t) is the
-# index of t's last word token (attention-mask sum minus 2).
+# The text side of a pipeline, for every base (docs/models.md): SD 1.x / 2.x have one CLIP text
+# encoder and E(t) is its last hidden state; SDXL has two and E(t) is their penultimate hidden
+# states concatenated (768 + 1280 = 2048), exactly as `StableDiffusionXLPipeline.encode_prompt`
+# builds it, with the pooled embedding of the second encoder beside it.
 # ---------------------------------------------------------------------------------------------
 
 def tokenize(tokenizer, texts: list[str]):
@@ -244,43 +279,151 @@ def tokenize(tokenizer, texts: list[str]):
                      return_tensors="pt")
 
 
-@torch.no_grad()
+class TextEncoders:
+    """One (SD 1.x / 2.x) or two (SDXL) tokenizer + CLIP text encoder pairs, encoding like the pipeline.
+
+    - `encode(texts)` -> (E, f): E (n, 77, d) float32 on the CPU, f (n,) the last word token's index
+      (from the first tokenizer, attention-mask sum minus 2; docs/method.md §1).
+    - `encode_pooled(texts)` -> (E, f, pooled): pooled (n, p) for SDXL (the second encoder's projected
+      end-of-text state), None otherwise.
+    - `tokenize(texts)` -> one (n, 77) id tensor per encoder (SDXL's second tokenizer pads with "!").
+    - `forward(ids, token_embeds=None)` -> (E, pooled) with gradients, on the encoders' device: the
+      same computation from ids, optionally with each encoder's token-embedding output replaced by
+      `token_embeds[i]` (n, 77, h_i) (e.g. one-hot rows @ `token_embedding_tables()[i]`), for attacks
+      that optimise over tokens.
+    """
+
+    def __init__(self, tokenizers: list, encoders: list):
+        if len(tokenizers) != len(encoders) or len(encoders) not in (1, 2):
+            raise ValueError("TextEncoders takes one or two (tokenizer, text encoder) pairs")
+        self.tokenizers, self.encoders = list(tokenizers), [e.eval() for e in encoders]
+        self.is_sdxl = len(self.encoders) == 2
+        self.dim = sum(e.config.hidden_size for e in self.encoders)
+        self.pooled_dim = self.encoders[-1].config.projection_dim if self.is_sdxl else None
+
+    @classmethod
+    def from_pipeline(cls, pipe) -> "TextEncoders":
+        if getattr(pipe, "text_encoder_2", None) is not None:
+            return cls([pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2])
+        return cls([pipe.tokenizer], [pipe.text_encoder])
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoders[0].device
+
+    def tokenize(self, texts: list[str]) -> list[torch.Tensor]:
+        return [tokenize(tok, texts).input_ids for tok in self.tokenizers]
+
+    def last_token_index(self, texts: list[str]) -> torch.Tensor:
+        return (tokenize(self.tokenizers[0], texts).attention_mask.sum(1) - 2).clamp(min=0)
+
+    def token_embedding_tables(self) -> list[torch.Tensor]:
+        return [e.get_input_embeddings().weight for e in self.encoders]
+
+    def forward(self, ids: list[torch.Tensor], token_embeds: list[torch.Tensor] | None = None):
+        """(E, pooled) from each encoder's ids; see the class docstring. No torch.no_grad here."""
+        parts, pooled = [], None
+        for i, (enc, x) in enumerate(zip(self.encoders, ids)):
+            hook = None
+            if token_embeds is not None and token_embeds[i] is not None:
+                replacement = token_embeds[i]
+                hook = enc.get_input_embeddings().register_forward_hook(
+                    lambda module, inputs, output, r=replacement: r.to(output.device, output.dtype))
+            try:
+                out = enc(x.to(enc.device), output_hidden_states=self.is_sdxl)
+            finally:
+                if hook is not None:
+                    hook.remove()
+            if self.is_sdxl:
+                parts.append(out.hidden_states[-2])
+                if i == len(self.encoders) - 1:
+                    pooled = out[0]  # CLIPTextModelWithProjection: text_embeds
+            else:
+                parts.append(out[0])
+        return torch.cat(parts, dim=-1), pooled
+
+    @torch.no_grad()
+    def encode_pooled(self, texts: list[str], batch_size: int = 32):
+        embs, pools = [], []
+        for i in range(0, len(texts), batch_size):
+            E, p = self.forward(self.tokenize(texts[i:i + batch_size]))
+            embs.append(E.float().cpu())
+            if p is not None:
+                pools.append(p.float().cpu())
+        last = self.last_token_index(texts) if texts else torch.zeros(0, dtype=torch.long)
+        if not embs:
+            return (torch.zeros(0, TEXT_LENGTH, self.dim), last,
+                    torch.zeros(0, self.pooled_dim) if self.is_sdxl else None)
+        return torch.cat(embs), last, torch.cat(pools) if pools else None
+
+    def encode(self, texts: list[str], batch_size: int = 32):
+        E, f, _ = self.encode_pooled(texts, batch_size)
+        return E, f
+
+    def release(self) -> None:
+        """Drop the encoders, freeing their memory once every text a run needs is encoded (a later
+        `encode` fails)."""
+        self.encoders = []
+
+
+def text_components(pipe):
+    """(tokenizer, text_encoder) of a pipeline, each a list of two for SDXL: `encode_texts(*text_components(pipe), texts)`."""
+    te = TextEncoders.from_pipeline(pipe)
+    return (te.tokenizers, te.encoders) if te.is_sdxl else (te.tokenizers[0], te.encoders[0])
+
+
+def _as_text_encoders(tokenizer, text_encoder) -> TextEncoders:
+    if isinstance(tokenizer, TextEncoders):
+        return tokenizer
+    if isinstance(tokenizer, (list, tuple)):
+        return TextEncoders(list(tokenizer), list(text_encoder))
+    return TextEncoders([tokenizer], [text_encoder])
+
+
 def encode_texts(tokenizer, text_encoder, texts: list[str], batch_size: int = 32):
-    """Return (E, f): embeddings (n, 77, d) in fp32 on the CPU, and last-word-token indices (n,)."""
-    device = text_encoder.device
-    embs, last = [], []
-    for i in range(0, len(texts), batch_size):
-        tok = tokenize(tokenizer, texts[i:i + batch_size])
-        out = text_encoder(tok.input_ids.to(device))[0]
-        embs.append(out.float().cpu())
-        last.append(tok.attention_mask.sum(1) - 2)
-    if not embs:
-        d = text_encoder.config.hidden_size
-        return torch.zeros(0, TEXT_LENGTH, d), torch.zeros(0, dtype=torch.long)
-    return torch.cat(embs), torch.cat(last).clamp(min=0)
+    """Return (E, f): embeddings (n, 77, d) in fp32 on the CPU, and last-word-token indices (n,).
+
+    `tokenizer` / `text_encoder`: one of each (SD 1.x / 2.x), or lists of two (SDXL; see
+    `text_components`), or a `TextEncoders` and None.
+    """
+    return _as_text_encoders(tokenizer, text_encoder).encode(list(texts), batch_size)
 
 
 @torch.no_grad()
-def encode_gram(tokenizer, text_encoder, texts: list[str], batch_size: int = 32, progress: bool = False):
-    """Sum over texts of E(t)^T E(t) (d x d, fp64), encoding each text once, in batches.
+def encode_gram(text: TextEncoders, texts: list[str], batch_size: int = 32, progress: bool = False,
+                tokens: str = "all"):
+    """Sum over texts of R(t)^T R(t) (d x d, fp64), encoding each text once, in batches.
 
-    This is the whole contribution of a preserve set to the closed-form edit (docs/method.md §2), so a set of
-    1,733 artists costs one pass through the text encoder and never a (n, 77, d) tensor in memory.
+    R(t) = all 77 rows of E(t) (`tokens="all"`, docs/method.md §2), or only the row of its last word
+    token (`tokens="last"`, UCE's 2025 edit, docs/models.md). This is the whole contribution of a
+    preserve set to the closed-form edit, so a set of 1,733 artists costs one pass through the text
+    encoder and never a (n, 77, d) tensor in memory.
     """
     from tqdm.auto import tqdm
 
-    d = text_encoder.config.hidden_size
+    d = text.dim
     G = torch.zeros(d, d, dtype=torch.float64)
     batches = range(0, len(texts), batch_size)
     for i in tqdm(batches, desc="encoding preserve texts", disable=not progress or len(batches) < 2):
-        E, _ = encode_texts(tokenizer, text_encoder, texts[i:i + batch_size], batch_size)
-        R = E.reshape(-1, d).double()
+        E, f = text.encode(texts[i:i + batch_size], batch_size)
+        R = E[torch.arange(len(f)), f] if tokens == "last" else E.reshape(-1, d)
+        R = R.double()
         G += R.T @ R
     return G
 
 
+def edit_weights(model_id: str, pipe=None) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, ...]]]:
+    """(W_orig, unet_shapes): the edited matrices (fp32, natural key order) and every UNet parameter's
+    shape, from a loaded pipeline, or else from the weights file without loading the UNet."""
+    if pipe is None:
+        return read_cross_attention_weights(model_id), unet_parameter_shapes(model_id)
+    sd = pipe.unet.state_dict()
+    W = {k: v.detach().float().cpu().clone() for k, v in sd.items() if CROSS_ATTN_KEY.search(k)}
+    return dict(sorted(W.items(), key=lambda kv: natural_key(kv[0]))), {k: tuple(v.shape) for k, v in sd.items()}
+
+
 def load_edit_components(model_id: str, device="cpu", pipeline: bool = False):
-    """What a closed-form edit needs: (tokenizer, text_encoder, W_orig, unet_shapes, pipe or None).
+    """What a closed-form edit needs: (text encoders, W_orig, unet_shapes, pipe or None).
 
     Without `pipeline`, the UNet is never loaded: its 2L edited matrices are read from the weights
     file and its shapes from the file header. With `pipeline` (validation needs one), everything comes
@@ -288,11 +431,58 @@ def load_edit_components(model_id: str, device="cpu", pipeline: bool = False):
     """
     if pipeline:
         pipe = load_pipeline(model_id, device=device)
-        sd = pipe.unet.state_dict()
-        shapes = {k: tuple(v.shape) for k, v in sd.items()}
-        W = {k: v.detach().float().cpu().clone() for k, v in sd.items() if CROSS_ATTN_KEY.search(k)}
-        W = dict(sorted(W.items(), key=lambda kv: natural_key(kv[0])))
-        return pipe.tokenizer, pipe.text_encoder.eval(), W, shapes, pipe
-    tokenizer, text_encoder = load_text_encoder(model_id, device=device)
-    W = read_cross_attention_weights(model_id)
-    return tokenizer, text_encoder, W, unet_parameter_shapes(model_id), None
+        return (TextEncoders.from_pipeline(pipe), *edit_weights(model_id, pipe), pipe)
+    return (load_text_encoders(model_id, device=device), *edit_weights(model_id), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fingerprints of a model's files, for the Gram cache (utils/erase/cache.py): cheap (size,
+# modification time, sha256 of a safetensors header or of a small file) except for the edited
+# matrices, whose bytes are hashed (they are read anyway).
+# ---------------------------------------------------------------------------------------------
+
+def file_fingerprint(path) -> dict:
+    """size, mtime_ns and the sha256 of the safetensors header (of the whole file when under 4 MB)."""
+    import hashlib
+
+    path = Path(path)
+    st = path.stat()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if path.suffix == ".safetensors" and st.st_size >= 8:
+            n = int.from_bytes(f.read(8), "little")
+            h.update(f.read(min(n, st.st_size)))
+        elif st.st_size <= 4 << 20:
+            h.update(f.read())
+        else:
+            h.update(f.read(1 << 20))
+    return {"file": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256_head": h.hexdigest()}
+
+
+def model_folder(model_id: str) -> Path | None:
+    """The pipeline's folder on this machine (a local folder, or the Hub cache's snapshot), else None."""
+    if _is_local(model_id):
+        return Path(model_id)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model_id, local_files_only=True))
+    except Exception:
+        return None
+
+
+def text_fingerprint(model_id: str) -> dict | None:
+    """Fingerprint of the tokenizer and text-encoder files (None when they cannot be found)."""
+    folder = model_folder(model_id)
+    if folder is None:
+        return None
+    files = sorted(p for sub in ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2")
+                   for p in (folder / sub).glob("*") if p.is_file())
+    return {str(p.relative_to(folder)): file_fingerprint(p) for p in files} or None
+
+
+def weights_fingerprint(model_id: str, W: dict[str, torch.Tensor]) -> dict:
+    """Fingerprint of the UNet weights file plus the sha256 of the edited matrices' values."""
+    from utils.erase.cache import tensors_sha256
+
+    return {"unet": file_fingerprint(unet_weights_file(model_id)), "edited_sha256": tensors_sha256(W)}

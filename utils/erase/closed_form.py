@@ -58,6 +58,14 @@ def uce_token_slice(o: torch.Tensor, f_o: int, n: torch.Tensor, f_n: int):
     return C, T
 
 
+def uce_last_token_rows(o: torch.Tensor, f_o: int, n: torch.Tensor, f_n: int):
+    """UCE's 2025 erase pair: one row each, the last word token's (C = o[f_o], T = n[f_n]; docs/models.md)."""
+    return o[int(f_o): int(f_o) + 1], n[int(f_n): int(f_n) + 1]
+
+
+UCE_TOKENS = {"slice": uce_token_slice, "last": uce_last_token_rows}
+
+
 def uce_default_preserve_scale(num_preserve_texts: int) -> float:
     """s_p = max(0.1, 1 / number of preserve texts), rounded to 3 decimals (docs/method.md §2a)."""
     return round(max(0.1, 1.0 / max(1, num_preserve_texts)), 3)
@@ -92,6 +100,21 @@ def edit_factor(erase_pairs: ErasePairs, preserve_gram: torch.Tensor, lamb: floa
     B = _right_factor(erase_pairs, preserve_gram, lamb, erase_scale, preserve_scale)
     # K B = M  <=>  B K^T = M^T (B symmetric)
     return solve_spd(B, M.T).T
+
+
+def edit_update(erase_pairs: ErasePairs, preserve_gram: torch.Tensor, lamb: float, erase_scale: float = 1.0,
+                preserve_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`edit_factor`'s K as the identity plus a low-rank term: K = I + D^T G, with D, G (r x d).
+
+    M - B = s_e sum_i (T_i - C_i)^T C_i, so K = M B^-1 = I + s_e D^T Cs B^-1 with D the stacked rows
+    T_i - C_i and Cs the stacked C_i: G = s_e (B^-1 Cs^T)^T. r is the number of erase rows (77 per RECE
+    concept, at most 77 per UCE concept), often far below d (2048 for SDXL), so applying the edit to
+    the weights (W + (W D^T) G) and to the Gram sums costs O(r) instead of O(d) per row.
+    """
+    B = _right_factor(erase_pairs, preserve_gram, lamb, erase_scale, preserve_scale)
+    D = torch.cat([T.double() - C.double() for C, T in erase_pairs])
+    Cs = torch.cat([C.double() for C, _ in erase_pairs])
+    return D, erase_scale * solve_spd(B, Cs.T).T
 
 
 def closed_form_edit(W0: torch.Tensor, erase_pairs: ErasePairs, preserve_gram: torch.Tensor, lamb: float,
@@ -170,3 +193,17 @@ def factored_sums(K: torch.Tensor, G_aa: torch.Tensor, G_ao: torch.Tensor):
     """S1, S2 for W_cur = W_a K, from G_aa = sum W_a^T W_a and G_ao = sum W_a^T W_orig (docs/method.md §2b)."""
     K = K.double()
     return K.T @ G_aa.double() @ K, K.T @ G_ao.double()
+
+
+def updated_sums(D: torch.Tensor, G: torch.Tensor, S1: torch.Tensor, S2: torch.Tensor):
+    """S1, S2 after the edit K = I + D^T G (`edit_update`): K^T S1 K and K^T S2, in O(d^2 r).
+
+    With A = S1 D^T: K^T S1 K = S1 + A G + G^T A^T + G^T (D A) G (S1 symmetric); K^T S2 = S2 + G^T (D S2).
+    """
+    D, G, S1, S2 = D.double(), G.double(), S1.double(), S2.double()
+    if D.shape[0] * 2 >= D.shape[1]:  # not low rank: the dense products are cheaper
+        K = _eye(D.shape[1]) + D.T @ G
+        return factored_sums(K, S1, S2)
+    A = S1 @ D.T
+    S1_new = S1 + A @ G + G.T @ A.T + G.T @ (D @ A) @ G
+    return S1_new, S2 + G.T @ (D @ S2)

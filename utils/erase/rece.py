@@ -18,10 +18,12 @@ from utils.checkpoints import apply_checkpoint, changes_outside, load_edited_wei
 from utils.cli import check_scales, slug, stopwatch
 from utils.erase import concepts as cpt
 from utils.erase.concepts import RECE_EDIT, UCE_EDIT
-from utils.erase.steps import EditState, TextCache, rece_epoch, uce_stage
+from utils.erase.cache import GramCache, default_cache_dir
+from utils.erase.steps import EditState, TextCache, cached_base_grams, rece_epoch, uce_stage
 from utils.errors import UserError, check_count
 from utils.io import atomic_path, prepare_resumable_run_dir, prepare_run_dir, write_json
-from utils.models import load_edit_components, quiet_libraries, resolve_device, resolve_model_id, unet_weights_file
+from utils.models import (TextEncoders, edit_weights, load_pipeline, load_text_encoders, quiet_libraries,
+                          resolve_device, resolve_model_id, text_fingerprint, unet_weights_file, weights_fingerprint)
 
 OUTPUTS = ("best.safetensors", "epoch_1.safetensors", "detect_rate.json")
 OTHER_OUTPUTS = ("validation", "uce.safetensors", "adv_embeddings.safetensors", "timing.json")
@@ -36,7 +38,8 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
              epochs: int | None = None, target_ckpt: str = "uce", seed: int = 0,
              test_csv_path: str | None = None, num_samples: int = 1, ddim_steps: int | None = None,
              skip_validation: bool = False, model_id: str | None = None, base: str | None = None,
-             device: str | None = None, save_path: str | None = None, overwrite: bool = False) -> dict:
+             device: str | None = None, save_path: str | None = None, overwrite: bool = False,
+             uce_tokens: str = "slice", cache_dir: str | None = None, no_cache: bool = False) -> dict:
     """Run RECE (docs/method.md §3-§4) and write its run folder; return the validation rates.
 
     The keyword arguments are `train.py`'s flags (same names, same defaults); `concepts`,
@@ -44,7 +47,10 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
     """
     # 1. Check inputs and resolve the paper's settings (before any model loads)
     check_scales(SimpleNamespace(lamb=lamb, erase_scale=erase_scale, preserve_scale=preserve_scale,
-                                 regular_scale=regular_scale, text_batch_size=text_batch_size))
+                                 regular_scale=regular_scale, text_batch_size=text_batch_size,
+                                 no_cache=no_cache, cache_dir=cache_dir))
+    if uce_tokens not in ("slice", "last"):
+        raise UserError(f"--uce_tokens must be slice or last, got {uce_tokens!r}")
     concepts = cpt.parse_concepts(concepts)
     ctype = cpt.concept_type(concept_type)
     paper = cpt.rece_settings(ctype, concepts)
@@ -72,11 +78,32 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
     prepare_run_dir(save_path, {}, OUTPUTS, overwrite, write=False)  # the claim itself waits for the edit
     torch.manual_seed(seed)
 
-    # 2. Load the text encoder and the edited matrices (the whole pipeline only to validate)
+    # 2. Load the text encoder(s) (the whole pipeline only to validate; the UNet is otherwise never loaded)
     quiet_libraries()
     timing = {}
+    cache = GramCache(None if no_cache else (cache_dir or default_cache_dir()))
     with stopwatch(timing, "load_seconds"):
-        tokenizer, text_encoder, W_orig, unet_shapes, pipe = load_edit_components(model_id, device, pipeline=validate)
+        pipe = load_pipeline(model_id, device=device) if validate else None
+        text = TextEncoders.from_pipeline(pipe) if validate else load_text_encoders(model_id, device=device)
+    texts = TextCache(text, batch_size=text_batch_size, cache=cache, model_id=model_id,
+                      fingerprint=text_fingerprint(model_id) if cache.enabled else None)
+
+    # 3. Text embeddings, each text once; preserve Grams from the cache when it has them
+    uce_preserve = cpt.preserve_texts(ctype.name, concepts, preserve_given, stage="uce") if start == "uce" else []
+    if uce_tokens == "last":
+        uce_preserve = uce_preserve[1:]  # UCE 2025 adds no implicit '' preserve text (docs/models.md)
+    rece_preserve = cpt.preserve_texts(ctype.name, concepts, preserve_given, stage="rece")
+    with stopwatch(timing, "text_encoding_seconds", cpu=True):
+        texts.embed(concepts + guides + ([old_target_concept] if old_target_concept is not None else []))
+        if uce_preserve:
+            texts.gram(uce_preserve, progress=True, tokens="last" if uce_tokens == "last" else "all")
+        P_rece = texts.gram(rece_preserve, progress=True)
+    if not validate:
+        texts.release()  # every text is embedded: free the encoders before the weights are read
+
+    # 4. The edited matrices, and (for RECE) their Gram sums, from the cache when it has them
+    with stopwatch(timing, "load_seconds"):
+        W_orig, unet_shapes = edit_weights(model_id, pipe)
         W_start, start_ck, parent, outside = None, None, None, []
         if start not in ("", "uce"):
             model_shapes = {k: tuple(v.shape) for k, v in W_orig.items()}
@@ -88,40 +115,35 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
                 # It also changes tensors the edit does not touch (ESD-u, ESD-x's to_q / to_out, ...):
                 # our files hold the edited matrices and record it as their parent, applied first.
                 parent = parent_record(start_ck)
-    texts = TextCache(tokenizer, text_encoder, text_batch_size)
-    state = EditState(W_orig, W_start)
+        state = EditState(W_orig, W_start)
+        num_matrices = len(W_orig)
+        del W_orig, W_start  # the state holds them (stacked)
+    if epochs > 0:
+        with stopwatch(timing, "weights_gram_seconds", cpu=True):
+            cached_base_grams(state, cache, model_id, weights_fingerprint(model_id, state.original())
+                              if cache.enabled else None, str(Path(start).resolve()) if start not in ("", "uce") else None)
 
-    # 3. Text embeddings, each text once
-    uce_preserve = cpt.preserve_texts(ctype.name, concepts, preserve_given, stage="uce") if start == "uce" else []
-    rece_preserve = cpt.preserve_texts(ctype.name, concepts, preserve_given, stage="rece")
-    with stopwatch(timing, "text_encoding_seconds"):
-        texts.embed(concepts + guides + ([old_target_concept] if old_target_concept is not None else []))
-        if uce_preserve:
-            texts.gram(uce_preserve, progress=True)
-        P_rece = texts.gram(rece_preserve, progress=True)
-
-    # 4. The closed-form steps: UCE stage (optional), then every RECE epoch
+    # 5. The closed-form steps: UCE stage (optional), then every RECE epoch (materialised when saved)
     uce_used, snapshots, advs = None, [], []
-    with stopwatch(timing, "closed_form_seconds"):
+    with stopwatch(timing, "closed_form_seconds", cpu=True):
         if start == "uce":
             uce_used = uce_stage(state, texts, concepts, guides, uce_preserve, UCE_EDIT["lamb"],
-                                 UCE_EDIT["erase_scale"], None, technique)
+                                 UCE_EDIT["erase_scale"], None, technique, tokens=uce_tokens)
             uce_snapshot = state.snapshot()
         for _ in range(epochs):
             advs.append(rece_epoch(state, texts, concepts, guides, P_rece, gamma, emb_computing,
                                    reg_item, old_target_concept, lamb, erase_scale,
                                    preserve_scale, technique))
             snapshots.append(state.snapshot())
-        # materialise every checkpoint's matrices (part of the edit, timed with it)
-        uce_weights = state.matrices(uce_snapshot) if start == "uce" else None
-        epoch_weights = [state.matrices(s) for s in snapshots]
-    for name, ws in [("uce", [uce_weights] if uce_weights else [])] + [("epochs", epoch_weights)]:
-        for w in ws:
-            if not all(torch.isfinite(t).all() for t in w.values()):
-                raise UserError(f"the {name} edit produced non-finite weights (singular system); "
-                                f"use a larger --lamb / --regular_scale")
+    stages = ([("uce", uce_snapshot)] if start == "uce" else []) + \
+             [(f"epoch_{k}", snap) for k, snap in enumerate(snapshots, 1)]
+    for name, (W_a, updates) in stages:  # finite factors on finite weights give finite weights
+        if not all(torch.isfinite(G).all() and torch.isfinite(D).all() for D, G in updates) or \
+                not torch.isfinite(W_a).all():
+            raise UserError(f"the {name.replace('_', ' ')} edit produced non-finite weights (singular system); "
+                            f"use a larger --lamb / --regular_scale")
 
-    # 5. Save: config first, then the checkpoints
+    # 6. Save: config first, then the checkpoints, each materialised in turn
     settings = {"method": "rece", "model_id": model_id, "concepts": concepts, "concept_type": ctype.name,
               "guided_concepts": guides, "emb_computing": emb_computing, "reg_item": reg_item,
               "regular_scale": gamma, "epochs": epochs, "old_target_concept": old_target_concept,
@@ -131,7 +153,7 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
               "seed": seed, "validation": None if not validate else
               {"csv": validation_csv, "metric": paper["metric"], "num_samples": num_samples,
                "ddim_steps": ddim_steps or 50},
-              "num_edited_matrices": len(W_orig),
+              "num_edited_matrices": num_matrices, "uce_tokens": uce_tokens,
               "start_checkpoint": None if start_ck is None else
               {"path": str(start_ck.path.resolve()), "tensors": len(start_ck.keys),
                "changed_outside_edit": len(outside),
@@ -146,11 +168,23 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
     meta = {"base_model": model_id, "concepts": concepts,
             "settings": {k: v for k, v in settings.items() if k not in ("concepts", "model_id")},
             **({"parent": parent} if parent else {})}
+    timing["derive_and_edit_seconds"] = timing["closed_form_seconds"]
+    materialised = state.iter_matrices([snap for _, snap in stages])
+    last = (None, None)
+    for name, _ in stages:
+        with stopwatch(timing, "materialise_seconds", cpu=True):
+            weights = next(materialised)
+        with stopwatch(timing, "save_seconds"):
+            extra = {"method": "uce"} if name == "uce" else {"method": "rece", "epoch": int(name.split("_")[1])}
+            save_edited_weights(save_path / f"{name}.safetensors", weights, {**meta, **extra})
+        last = (name, weights)
+    del materialised
+    # closed_form_seconds: derivations + edits + materialising the checkpoints' matrices, as timed before
+    timing["closed_form_seconds"] += timing.get("materialise_seconds", 0.0)
+    timing["derive_and_edit_cpu_seconds"] = timing["closed_form_cpu_seconds"]
+    timing["closed_form_cpu_seconds"] += timing.get("materialise_cpu_seconds", 0.0)
+    timing["threads"] = torch.get_num_threads()
     with stopwatch(timing, "save_seconds"):
-        if uce_weights is not None:
-            save_edited_weights(save_path / "uce.safetensors", uce_weights, {**meta, "method": "uce"})
-        for k, w in enumerate(epoch_weights, 1):
-            save_edited_weights(save_path / f"epoch_{k}.safetensors", w, {**meta, "method": "rece", "epoch": k})
         if advs:
             from safetensors.torch import save_file
             with atomic_path(save_path / "adv_embeddings.safetensors") as tmp:
@@ -160,19 +194,18 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
                                     "note": "c' of docs/method.md §3 per epoch and concept, 77 x d, conditioning the edited "
                                             "model of the epoch before"})
 
-    # 6. Validation (docs/method.md §4): base, UCE, each epoch; keep the epoch with the lowest rate
+    # 7. Validation (docs/method.md §4): base, UCE, each epoch; keep the epoch with the lowest rate
     rates = {"metric": paper["metric"] if validate else None, "validation_csv": validation_csv if validate else None}
-    stages = [("base", W_orig)] + ([("uce", uce_weights)] if uce_weights is not None else []) + \
-             [(f"epoch_{k}", w) for k, w in enumerate(epoch_weights, 1)]
-    best = len(epoch_weights)  # without validation: the last epoch
+    best = len(snapshots)  # without validation: the last epoch
     if validate:
         from utils.erase.validation import validate_weights
         with stopwatch(timing, "validation_seconds"):
             scores, parent_applied = {}, False
-            for name, w in stages:
+            for name, snap in [("base", None)] + stages:
                 if name != "base" and parent and not parent_applied:
                     apply_checkpoint(pipe.unet, start_ck)  # the parent under every stage after the base model
                     parent_applied = True
+                w = state.original() if snap is None else (last[1] if name == last[0] else state.matrices(snap))
                 result = validate_weights(pipe, w, save_path / "validation" / name, ctype.name, concepts,
                                           paper["metric"], validation_csv, num_samples, ddim_steps or 50)
                 scores[name] = result
@@ -181,19 +214,24 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
                     break  # docs/method.md §4: objects stop once the target class is gone
         rates.update({name: r["rate"] for name, r in scores.items()})
         rates["details"] = scores
-        epoch_rates = [(scores[f"epoch_{k}"]["rate"], k) for k in range(1, len(epoch_weights) + 1)
+        epoch_rates = [(scores[f"epoch_{k}"]["rate"], k) for k in range(1, len(snapshots) + 1)
                        if f"epoch_{k}" in scores]
         if epoch_rates:
             best = min(epoch_rates)[1]
     rates["best_epoch"] = best
-    best_weights = epoch_weights[best - 1] if best > 0 else (uce_weights if uce_weights is not None else None)
-    if best_weights is not None:
+    best_name = f"epoch_{best}" if best > 0 else ("uce" if start == "uce" else None)
+    if best_name is not None:
+        best_weights = last[1] if best_name == last[0] else state.matrices(dict(stages)[best_name])
         save_edited_weights(save_path / "best.safetensors", best_weights,
                             {**meta, "method": "rece" if best > 0 else "uce", "epoch": best})
+    timing["cache"] = {"dir": str(cache.folder) if cache.enabled else None, **cache.status}
+    timing["texts_encoded"] = texts.num_encoded
     write_json(save_path / "detect_rate.json", rates)
     timing["closed_form_seconds_per_epoch"] = timing["closed_form_seconds"] / max(1, epochs)
     write_json(save_path / "timing.json", timing)
     print(f"RECE erased {', '.join(concepts)}: {epochs} epoch(s) in {timing['closed_form_seconds']:.2f} s of "
-          f"closed-form steps (+{timing['text_encoding_seconds']:.2f} s text encoding); best epoch {best}: "
+          f"closed-form steps (+{timing['text_encoding_seconds']:.2f} s text encoding, "
+          f"+{timing.get('weights_gram_seconds', 0):.2f} s weight Grams; cache: "
+          f"{', '.join(f'{k} {v}' for k, v in cache.status.items()) or 'not used'}); best epoch {best}: "
           f"{save_path / 'best.safetensors'}")
     return rates

@@ -185,11 +185,69 @@ def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
     Encoded one prompt at a time, so that an embedding never depends on which prompts share its batch
     (the text encoder is a small part of the cost: once per image, against 2 x steps UNet passes).
     """
-    from utils.models import encode_texts
+    from utils.models import TextEncoders
 
-    if not prompts:
-        return torch.zeros(0, 77, pipe.text_encoder.config.hidden_size)
-    return encode_texts(pipe.tokenizer, pipe.text_encoder, list(prompts), batch_size=1)[0]
+    return TextEncoders.from_pipeline(pipe).encode(list(prompts), batch_size=1)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# SDXL conditioning (docs/models.md): the UNet also takes the pooled text embedding of the second
+# encoder and the size/crop "time ids". For a condition given as an embedding only (Ring-A-Bell's
+# E(p) + eta v, an attack's adversarial embedding, RECE's c'), the pooled embedding is that of the
+# row's prompt text: the attacked prompt for Ring-A-Bell, the concept text when the table's prompt is
+# the concept. SD 1.x / 2.x take neither, and these functions return None for them.
+# ---------------------------------------------------------------------------------------------
+
+def is_sdxl_pipeline(pipe) -> bool:
+    return getattr(pipe, "text_encoder_2", None) is not None
+
+
+@torch.no_grad()
+def encode_pooled(pipe, prompts: list[str]) -> torch.Tensor | None:
+    """SDXL: the pooled embedding of each prompt, (n, p) float32 on the CPU, one prompt at a time;
+    None for SD 1.x / 2.x."""
+    from utils.models import TextEncoders
+
+    if not is_sdxl_pipeline(pipe):
+        return None
+    return TextEncoders.from_pipeline(pipe).encode_pooled(list(prompts), batch_size=1)[2]
+
+
+@torch.no_grad()
+def unconditional(pipe) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The negative condition of classifier-free guidance: (E(""), None) for SD 1.x / 2.x; for SDXL
+    zeros for both the embedding and the pooled embedding when the pipeline's
+    `force_zeros_for_empty_prompt` is set (SDXL base), as its `encode_prompt` does, else those of ""."""
+    if not is_sdxl_pipeline(pipe):
+        return encode_prompts(pipe, [""]), None
+    from utils.models import TextEncoders
+
+    E, _, pooled = TextEncoders.from_pipeline(pipe).encode_pooled([""], batch_size=1)
+    if getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+        return torch.zeros_like(E), torch.zeros_like(pooled)
+    return E, pooled
+
+
+def added_conditions(pipe, pooled: torch.Tensor | None, height: int, width: int) -> dict | None:
+    """SDXL's `added_cond_kwargs` for a UNet batch: `text_embeds` = pooled (B, p) and `time_ids` =
+    (original size, crop top-left, target size) = (height, width, 0, 0, height, width) per row, the
+    pipeline's defaults. None for SD 1.x / 2.x (pooled None)."""
+    if pooled is None:
+        return None
+    ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=pooled.dtype, device=pooled.device)
+    return {"text_embeds": pooled, "time_ids": ids.repeat(pooled.shape[0], 1)}
+
+
+def predict_noise(pipe, latents: torch.Tensor, t, embeds: torch.Tensor, pooled: torch.Tensor | None = None):
+    """The UNet's prediction for `latents` (B, C, h, w) at timestep `t` under `embeds` (B, 77, d), any
+    base: SDXL also takes `pooled` (B, p) (default: none given raises) and the time ids of the image
+    size. Gradients flow (no torch.no_grad here): for attacks that optimise a condition."""
+    if is_sdxl_pipeline(pipe) and pooled is None:
+        raise ValueError("an SDXL UNet needs the pooled text embedding (see utils.generate.sampling.encode_pooled)")
+    f = vae_scale_factor(pipe)
+    added = added_conditions(pipe, pooled, latents.shape[-2] * f, latents.shape[-1] * f)
+    kwargs = {"added_cond_kwargs": added} if added is not None else {}
+    return pipe.unet(latents, t, encoder_hidden_states=embeds, return_dict=False, **kwargs)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,12 +315,14 @@ def sld_guidance(eps_uncond, eps_text, eps_safety, momentum, i: int, sld: SLD):
 
 @torch.no_grad()
 def denoise(pipe, cond: torch.Tensor, uncond: torch.Tensor, latents: torch.Tensor, guidance: torch.Tensor,
-            sampler, sld: SLD | None = None, sld_embedding: torch.Tensor | None = None) -> list:
+            sampler, sld: SLD | None = None, sld_embedding: torch.Tensor | None = None,
+            pooled: torch.Tensor | None = None, uncond_pooled: torch.Tensor | None = None) -> list:
     """Run classifier-free guided sampling for one batch and decode it: a list of PIL images.
 
     `cond` (B, 77, d) and `latents` (B, C, h, w) on the model's device and dtype; `uncond` (1, 77, d):
-    the empty prompt's embedding; `guidance` (B,) float32. Mirrors StableDiffusionPipeline.__call__
-    (same order of operations), batched over rows with per-row guidance.
+    the empty prompt's embedding; `guidance` (B,) float32. SDXL: `pooled` (B, p) and `uncond_pooled`
+    (1, p) too (see `unconditional`). Mirrors StableDiffusionPipeline.__call__ (same order of
+    operations; StableDiffusionXLPipeline.__call__ for SDXL), batched over rows with per-row guidance.
     `sld`: Safe Latent Diffusion (`sld_config`): the UNet also runs on the safety concept and the
     guidance is StableDiffusionPipelineSafe's; `sld_embedding` (1, 77, d) is E(sld.concept) (encoded
     here when not given). As in that pipeline, rows with guidance <= 1 get no safety guidance.
@@ -274,21 +334,29 @@ def denoise(pipe, cond: torch.Tensor, uncond: torch.Tensor, latents: torch.Tenso
         # its unconditional twin): a batch of one row runs as two, the copy discarded, so that a row's
         # image does not depend on whether it shared its batch.
         cond, latents, guidance = cond.repeat(2, 1, 1), latents.repeat(2, 1, 1, 1), guidance.repeat(2)
+        pooled = None if pooled is None else pooled.repeat(2, 1)
     n = latents.shape[0]
     parts = [uncond.expand(n, -1, -1), cond]
+    pooled_parts = None if pooled is None else [uncond_pooled.expand(n, -1), pooled]
     if sld is not None:
         if sld_embedding is None:
             sld_embedding = encode_prompts(pipe, [sld.concept])
         parts.append(sld_embedding.to(cond.device, cond.dtype).expand(n, -1, -1))
+        if pooled_parts is not None:  # SDXL: the safety concept's own pooled embedding
+            pooled_parts.append(encode_pooled(pipe, [sld.concept]).to(pooled.device, pooled.dtype).expand(n, -1))
         sld_rows = (guidance > 1.0).to(latents.device).view(-1, 1, 1, 1)
         momentum = None
     embeds = torch.cat(parts)
+    f = vae_scale_factor(pipe)
+    added = None if pooled_parts is None else added_conditions(
+        pipe, torch.cat(pooled_parts), latents.shape[-2] * f, latents.shape[-1] * f)
+    unet_kwargs = {} if added is None else {"added_cond_kwargs": added}
     g = guidance.to(latents.device, torch.float32).view(-1, 1, 1, 1)
     latents = latents * sampler.init_noise_sigma
     state = sampler.start()
     for i, t in enumerate(sampler.timesteps):
         model_input = sampler.scale_model_input(torch.cat([latents] * len(parts)), i, state)
-        noise_pred = unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+        noise_pred = unet(model_input, t, encoder_hidden_states=embeds, return_dict=False, **unet_kwargs)[0]
         if sld is None:
             noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
             noise_pred = (noise_pred_uncond + g * (noise_pred_text - noise_pred_uncond)).to(noise_pred.dtype)
@@ -305,6 +373,9 @@ def denoise(pipe, cond: torch.Tensor, uncond: torch.Tensor, latents: torch.Tenso
     # depends on its neighbours (oneDNN picks other convolution kernels for batch 1 than for more).
     # NaN / inf here would be written as black images and scored as if they were real ones
     check_finite(latents, "the denoised latents (non-finite model weights, or an overflow: try --dtype fp32)")
+    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        vae.to(torch.float32)  # SDXL's VAE overflows in fp16: upcast it for good, as the pipeline does
+    latents = latents.to(vae.dtype)
     latents = latents / vae.config.scaling_factor
     image = torch.cat([vae.decode(latents[j:j + 1], return_dict=False)[0] for j in range(b)])
     return pipe.image_processor.postprocess(image, output_type="pil")
@@ -386,6 +457,18 @@ def _conditions(pipe, table: pd.DataFrame, rows: list[int], embeddings) -> torch
     return embeddings[rows].detach().float().cpu()
 
 
+def _pooled(pipe, table: pd.DataFrame, rows: list[int], pooled) -> torch.Tensor | None:
+    """SDXL: (len(rows), p) float32 CPU pooled embeddings: the caller's, else those of the rows' prompts
+    (also when the condition itself is a given embedding; see `encode_pooled`). None otherwise."""
+    if not is_sdxl_pipeline(pipe):
+        return None
+    if pooled is None:
+        return encode_pooled(pipe, [table["prompt"].iloc[r] for r in rows])
+    if callable(pooled):
+        return torch.stack([torch.as_tensor(pooled(table.iloc[r])).detach().float().cpu() for r in rows])
+    return pooled[rows].detach().float().cpu()
+
+
 def _check_embeddings(embeddings, n_rows: int, d: int) -> None:
     if embeddings is None or callable(embeddings):
         return
@@ -408,7 +491,7 @@ class _Single:
 def generate_table(pipe, table: pd.DataFrame, save_path, *, num_samples: int = 1, steps: int = 50,
                    batch_size: int = 8, scheduler: str = "lms", embeddings: torch.Tensor | Callable | None = None,
                    progress: bool = True, state=None, grid: bool = True, sampler=None,
-                   sld: SLD | None = None) -> pd.DataFrame:
+                   sld: SLD | None = None, pooled: torch.Tensor | Callable | None = None) -> pd.DataFrame:
     """Generate `num_samples` images per row of `table` into `save_path`; return the table of images.
 
     `pipe`: a StableDiffusionPipeline (its unet, vae, tokenizer, text_encoder and image_processor are
@@ -421,6 +504,8 @@ def generate_table(pipe, table: pd.DataFrame, save_path, *, num_samples: int = 1
     once all are done).
     `sampler`: a prepared sampler to reuse across calls (default: `make_sampler(scheduler, steps)`).
     `sld`: Safe Latent Diffusion guidance (`sld_config(preset, concept)`), None for plain sampling.
+    `pooled` (SDXL only): the pooled embeddings, a tensor (n_rows, p) or a callable row -> (p,);
+    default: those of the rows' prompts, also when `embeddings` are given (docs/models.md).
 
     Already present, readable images are kept (resume): a folder must hold one setting's images. The
     CLI guards this with config.json (`utils.io.prepare_resumable_run_dir`); other callers should do
@@ -472,7 +557,9 @@ def generate_table(pipe, table: pd.DataFrame, save_path, *, num_samples: int = 1
     # 3. Denoise batch by batch; write each image atomically.
     sampler = sampler or make_sampler(scheduler, steps, device,
                                       getattr(pipe.scheduler.config, "prediction_type", "epsilon"))
-    uncond = encode_prompts(pipe, [""]).to(device, dtype)
+    uncond, uncond_pooled = unconditional(pipe)
+    uncond = uncond.to(device, dtype)
+    uncond_pooled = None if uncond_pooled is None else uncond_pooled.to(device, dtype)
     sld_embedding = encode_prompts(pipe, [sld.concept]).to(device, dtype) if sld is not None else None
     channels = unet.config.in_channels
     bar = tqdm(total=n_todo, unit="img", desc=f"generating ({len(table)} prompts x {num_samples})",
@@ -486,8 +573,10 @@ def generate_table(pipe, table: pd.DataFrame, save_path, *, num_samples: int = 1
             cond = _conditions(pipe, table, rows, embeddings).repeat_interleave(num_samples, dim=0)
             guidance = torch.tensor([float(table["guidance"].iloc[r]) for r in rows],
                                     dtype=torch.float32).repeat_interleave(num_samples)
+            row_pooled = _pooled(pipe, table, rows, pooled)
+            row_pooled = None if row_pooled is None else row_pooled.repeat_interleave(num_samples, dim=0).to(device, dtype)
             pil = denoise(pipe, cond.to(device, dtype), uncond, noise.to(device, dtype), guidance, sampler,
-                          sld=sld, sld_embedding=sld_embedding)
+                          sld=sld, sld_embedding=sld_embedding, pooled=row_pooled, uncond_pooled=uncond_pooled)
             for im, path in zip(pil, files):
                 if path in missing:
                     with atomic_path(path) as tmp:
