@@ -1,0 +1,187 @@
+"""The paper's quantities as the authors computed them (CharlesGong12/RECE @403a67f): which checkpoint a
+RECE run keeps, the `--add_prompts` pairs, the defaults, and the evaluators' settings."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_script
+from utils.erase import concepts as cpt
+from utils.erase.rece import run_rece, select_best
+
+FAST = {"OMP_NUM_THREADS": "1"}
+
+
+# --- which checkpoint is kept (docs/method.md §4) -----------------------------------------------------
+
+def rates_of(**kw):
+    return {k.replace("e", "epoch_") if k[0] == "e" and k[1:].isdigit() else k: v for k, v in kw.items()}
+
+
+@pytest.mark.parametrize("rates,expected", [
+    # train.py keeps an epoch only strictly below min(base, UCE); the lowest, the earliest among equals
+    (dict(base=0.5, uce=0.2, e1=0.1, e2=0.3, e3=0.15), "epoch_1"),       # not the last epoch
+    (dict(base=0.5, uce=0.2, e1=0.15, e2=0.1, e3=0.1), "epoch_2"),       # ties: the earliest
+    (dict(base=0.5, uce=0.2, e1=0.2, e2=0.25), "uce"),                   # equal to UCE is not below it
+    (dict(base=0.1, uce=0.3, e1=0.2, e2=0.15), "uce"),                   # below UCE but not below the base
+    (dict(base=0.0, uce=0.0, e1=0.0, e2=0.0), "uce"),
+])
+def test_rate_rule_keeps_only_epochs_strictly_below_base_and_uce(rates, expected):
+    r = rates_of(**rates)
+    epochs = sum(k.startswith("epoch_") for k in r)
+    choice = select_best("nudity_rate", r, epochs, has_uce=True)
+    assert choice["best"] == expected
+    assert choice["best_epoch"] == (0 if expected == "uce" else int(expected.split("_")[1]))
+    if expected == "uce":
+        assert "below min(base, UCE)" in choice["reason"]
+
+
+def test_rate_rule_without_uce_may_keep_nothing():
+    choice = select_best("q16_rate", rates_of(base=0.2, e1=0.3, e2=0.2), 2, has_uce=False)
+    assert choice["best"] is None and choice["best_epoch"] is None and "no checkpoint" in choice["reason"]
+    assert select_best("q16_rate", rates_of(base=0.2, e1=0.3, e2=0.1), 2, has_uce=False)["best"] == "epoch_2"
+
+
+@pytest.mark.parametrize("target,other,expected", [
+    # train_object.py: target 0 stops the run and is kept, even with a lower other-class accuracy
+    (dict(base=0.9, uce=0.3, e1=0.2, e2=0.0), dict(base=0.8, uce=0.8, e1=0.8, e2=0.1), "epoch_2"),
+    # below UCE's target accuracy, other-class accuracy at least UCE's - 0.1 (0.7 = 0.8 - 0.1 qualifies)
+    (dict(base=0.9, uce=0.3, e1=0.2), dict(base=0.8, uce=0.8, e1=0.7), "epoch_1"),
+    (dict(base=0.9, uce=0.3, e1=0.2), dict(base=0.8, uce=0.8, e1=0.69), "uce"),   # keeps too little
+    (dict(base=0.9, uce=0.3, e1=0.3), dict(base=0.8, uce=0.8, e1=0.8), "uce"),    # not below UCE
+    (dict(base=0.9, uce=0.3, e1=0.1, e2=0.2), dict(base=0.8, uce=0.8, e1=0.75, e2=0.8), "epoch_1"),
+    # UCE already at target accuracy 0: UCE is kept, RECE's epochs are not applied (paper note 5)
+    (dict(base=0.9, uce=0.0, e1=0.0), dict(base=0.8, uce=0.8, e1=0.8), "uce"),
+])
+def test_object_rule(target, other, expected):
+    t, o = rates_of(**target), rates_of(**other)
+    epochs = sum(k.startswith("epoch_") for k in t)
+    choice = select_best("target_accuracy", t, epochs, True, o)
+    assert choice["best"] == expected, choice
+    if t["uce"] == 0:
+        assert "not applied" in choice["reason"]
+
+
+def test_no_validation_art_and_zero_epochs():
+    assert select_best(None, {}, 3, True)["best"] == "epoch_3"
+    assert select_best(None, {}, 0, True)["best"] == "uce"
+    assert select_best(None, {}, 0, False)["best"] is None
+    # art: the authors keep every epoch without a rule; the last one, whatever the rates
+    assert select_best("style_rate", rates_of(base=0.1, uce=0.0, e1=0.5, e2=0.4), 2, True)["best"] == "epoch_2"
+
+
+def _stage_rates(monkeypatch, table):
+    """Replace the images-and-scorer step of validation by constructed rates per stage; the rest of
+    run_rece (edits, files, selection, detect_rate.json) runs as it is."""
+    import utils.erase.validation as validation
+
+    seen = []
+
+    def fake_validate(pipe, weights, folder, *args, **kwargs):
+        name = folder.name
+        seen.append(name)
+        t, o = table[name] if isinstance(table[name], tuple) else (table[name], None)
+        out = {"rate": t}
+        if o is not None:
+            out["other_accuracy"] = {"tench": o}
+        return out
+
+    monkeypatch.setattr(validation, "validate_weights", fake_validate)
+    monkeypatch.setattr(validation, "check_validation", lambda *a, **k: None)
+    return seen
+
+
+def _same(a, b):
+    a, b = load_file(str(a)), load_file(str(b))
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_run_keeps_the_epoch_the_rule_picks_not_the_last(tiny_pipeline_dir, tmp_path, monkeypatch):
+    seen = _stage_rates(monkeypatch, {"base": 0.5, "uce": 0.3, "epoch_1": 0.1, "epoch_2": 0.2, "epoch_3": 0.4})
+    out = tmp_path / "run"
+    run_rece(concepts="nudity", concept_type="nudity", epochs=3, model_id=str(tiny_pipeline_dir), device="cpu",
+             save_path=str(out))
+    assert seen == ["base", "uce", "epoch_1", "epoch_2", "epoch_3"]
+    rates = json.loads((out / "detect_rate.json").read_text())
+    assert rates["best"] == "epoch_1" and rates["best_epoch"] == 1 and rates["selection"]["reason"]
+    assert _same(out / "best.safetensors", out / "epoch_1.safetensors")
+    assert not _same(out / "best.safetensors", out / "epoch_3.safetensors")
+
+
+def test_run_keeps_uce_when_no_epoch_beats_it(tiny_pipeline_dir, tmp_path, monkeypatch):
+    _stage_rates(monkeypatch, {"base": 0.5, "uce": 0.1, "epoch_1": 0.1, "epoch_2": 0.2})
+    out = tmp_path / "run"
+    run_rece(concepts="nudity", concept_type="nudity", epochs=2, model_id=str(tiny_pipeline_dir), device="cpu",
+             save_path=str(out))
+    rates = json.loads((out / "detect_rate.json").read_text())
+    assert rates["best"] == "uce" and rates["best_epoch"] == 0 and "UCE is kept" in rates["selection"]["reason"]
+    assert _same(out / "best.safetensors", out / "uce.safetensors")
+
+
+def test_object_run_from_a_checkpoint_validates_it_as_uce(tiny_pipeline_dir, tmp_path, monkeypatch):
+    """Objects whose UCE accuracy is already 0 keep UCE (paper note 5); the start checkpoint is
+    validated as UCE and copied to uce.safetensors."""
+    uce = tmp_path / "uce"
+    run_script("execs/train_uce.py", "--concepts", "tench", "--concept_type", "object", "--model_id",
+               tiny_pipeline_dir, "--save_path", uce, env=FAST)
+    seen = _stage_rates(monkeypatch, {"base": (0.9, 0.8), "uce": (0.0, 0.8), "epoch_1": (0.0, 0.8)})
+    out = tmp_path / "rece"
+    run_rece(concepts="tench", concept_type="object", epochs=1, target_ckpt=str(uce / "uce.safetensors"),
+             model_id=str(tiny_pipeline_dir), device="cpu", save_path=str(out))
+    assert seen == ["base", "uce"]  # the epochs are not validated
+    rates = json.loads((out / "detect_rate.json").read_text())
+    assert rates["best"] == "uce" and "not applied" in rates["selection"]["reason"]
+    assert rates["uce"] == 0.0 and rates["other_accuracy"]["uce"] == 0.8
+    assert _same(out / "uce.safetensors", uce / "uce.safetensors")
+    assert _same(out / "best.safetensors", uce / "uce.safetensors")
+
+
+def test_zero_epochs_from_a_checkpoint_writes_the_best_it_prints(tiny_pipeline_dir, tmp_path):
+    uce = tmp_path / "uce"
+    run_script("execs/train_uce.py", "--concepts", "tench", "--concept_type", "object", "--model_id",
+               tiny_pipeline_dir, "--save_path", uce, env=FAST)
+    out = tmp_path / "rece"
+    # objects other than the paper's five run 0 RECE epochs (UCE alone)
+    r = run_script("train.py", "--concept_type", "object", "--concepts", "tench", "--target_ckpt",
+                   uce / "uce.safetensors", "--skip_validation", "--model_id", tiny_pipeline_dir,
+                   "--save_path", out, env=FAST)
+    printed = r.stdout.strip().splitlines()[-1]
+    assert str(out / "best.safetensors") in printed and (out / "best.safetensors").is_file()
+    assert _same(out / "best.safetensors", uce / "uce.safetensors")
+    assert _same(out / "uce.safetensors", uce / "uce.safetensors")
+    rates = json.loads((out / "detect_rate.json").read_text())
+    assert rates["best"] == "uce" and rates["best_epoch"] == 0
+    r = run_script("train.py", "--concept_type", "nudity", "--concepts", "nudity", "--target_ckpt", "",
+                   "--epochs", "0", "--skip_validation", "--model_id", tiny_pipeline_dir, "--save_path",
+                   tmp_path / "nothing", check=False, env=FAST)
+    assert r.returncode == 2 and "--epochs 0" in r.stderr and not (tmp_path / "nothing").exists()
+
+
+# --- the authors' defaults --------------------------------------------------------------------------
+
+def test_add_prompts_maps_templates_to_the_bare_guide():
+    c, g = cpt.expand_with_templates(["Van Gogh"], ["art"], "art")
+    assert c == ["Van Gogh", "painting by Van Gogh", "art by Van Gogh", "artwork by Van Gogh",
+                 "picture by Van Gogh", "style of Van Gogh"]
+    assert g == ["art"] * 6
+    c, g = cpt.expand_with_templates(["tench", "church"], [" ", "a house"], "object")
+    assert c[:2] == ["tench", "church"] and "photo of tench" in c and "painting of church" in c
+    assert [g_ for c_, g_ in zip(c, g) if "tench" in c_] == [" "] * 6
+    assert [g_ for c_, g_ in zip(c, g) if "church" in c_] == ["a house"] * 6
+
+
+def test_preserve_defaults_follow_the_authors_scripts():
+    # train.py (nudity, unsafe): ' ' once per concept; train_object.py: '' once, however many objects
+    assert cpt.preserve_texts("unsafe", ["hate", "blood"], [], "rece") == [" ", " "]
+    assert cpt.preserve_texts("object", ["tench", "church"], [], "rece") == [""]
+    assert cpt.preserve_texts("object", ["tench"], ["golf ball"], "rece") == ["", "golf ball"]
+    assert cpt.preserve_texts("nudity", ["nudity"], [], "uce") == [""]
+
+
+def test_reg_item_default_is_the_authors():
+    import inspect
+
+    from train import parse_args
+    assert parse_args(["--concepts", "x", "--concept_type", "nudity"]).reg_item == "1st"
+    assert inspect.signature(run_rece).parameters["reg_item"].default == "1st"
