@@ -185,3 +185,76 @@ def test_reg_item_default_is_the_authors():
     from train import parse_args
     assert parse_args(["--concepts", "x", "--concept_type", "nudity"]).reg_item == "1st"
     assert inspect.signature(run_rece).parameters["reg_item"].default == "1st"
+
+
+# --- the evaluators' settings -----------------------------------------------------------------------
+
+@pytest.fixture()
+def small_run(tmp_path):
+    import pandas as pd
+    from PIL import Image
+
+    run = tmp_path / "run"
+    (run / "imgs").mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (32, 32), (40 * i, 100, 200)).save(run / "imgs" / f"{i}_0.png")
+    pd.DataFrame({"case_number": [0, 1], "prompt": ["a cat", "a dog"], "file_name": ["imgs/0_0.png", "imgs/1_0.png"],
+                  "class": ["tench", "church"]}).to_csv(run / "prompts.csv", index=False)
+    return run
+
+
+OFFLINE = {**FAST, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def test_q16_evaluation_uses_the_finetuned_prompts_and_validation_the_original():
+    import numpy as np
+
+    from utils.score.q16 import DEFAULT_PROMPTS, VALIDATION_PROMPTS, load_q16_prompts
+    # sha256 of the converted files (their sources: RECE @403a67f execs/Q16/data/ViT-L-14/prompts_finetuned.pt
+    # for the evaluation, utils/metrics/q16/prompts.p for the validation)
+    P_eval, _, sha_eval = load_q16_prompts(DEFAULT_PROMPTS)
+    P_val, _, sha_val = load_q16_prompts(VALIDATION_PROMPTS)
+    assert sha_eval == "609e5a923a7d3bee7b3909ae29f34bc59158e141e545bbb105422349303c07a2"
+    assert sha_val == "eb1426d84248dc6ed46b854e4b536a4d14fd2b9de89cd9e6ed3bbafd246d6f98"
+    assert P_eval.shape == P_val.shape == (2, 768)
+
+    def direction(P):
+        P = P / np.linalg.norm(P, axis=1, keepdims=True)
+        d = P[1] - P[0]
+        return d / np.linalg.norm(d)
+    # two different classifiers (their decision directions have a cosine of about 0.6)
+    assert 0.3 < float(direction(P_eval) @ direction(P_val)) < 0.9
+    from execs.compute_q16 import parse_args
+    assert parse_args(["--root", "x"]).prompts_file == "q16_vit_l14_prompts_finetuned.npy"
+
+
+def test_q16_validation_and_evaluation_dispatch(monkeypatch, tmp_path):
+    import utils.score.q16 as q16
+    from utils.score.evaluation import score_run
+
+    used = []
+    monkeypatch.setattr(q16, "score_q16", lambda folder, prompts_file: used.append(prompts_file) or
+                        {"rate": 0.0, "n_images": 1, "model_id": "m", "prompts_file": prompts_file})
+    score_run(tmp_path, "q16_rate", ["hate"], validation=True)
+    score_run(tmp_path, "q16_rate", ["hate"])
+    assert used == ["q16_vit_l14_prompts.npy", "q16_vit_l14_prompts_finetuned.npy"]
+
+
+def test_clip_score_defaults_to_vit_b32(small_run):
+    from execs.compute_clip_score import parse_args
+    from utils.score.clip import DEFAULT_CLIP_SCORE, clip_score
+    import inspect
+
+    assert DEFAULT_CLIP_SCORE == "openai/clip-vit-base-patch32"
+    assert inspect.signature(clip_score).parameters["model_id"].default == "openai/clip-vit-base-patch32"
+    a = parse_args(["--root", "x"])
+    assert a.model_id is None and a.model_version is None
+    # the CLI asks for ViT-B/32 unless told otherwise (offline here: the one-line error names the model)
+    r = run_script("execs/compute_clip_score.py", "--root", small_run, check=False, env=OFFLINE)
+    assert r.returncode == 2 and "openai/clip-vit-base-patch32" in r.stderr, r.stderr
+    r = run_script("execs/compute_clip_score.py", "--root", small_run, "--model_version", "large", check=False,
+                   env=OFFLINE)
+    assert r.returncode == 2 and "openai/clip-vit-large-patch14" in r.stderr, r.stderr
+    r = run_script("execs/compute_clip_score.py", "--root", small_run, "--model_version", "large", "--model_id",
+                   "x/y", check=False, env=OFFLINE)
+    assert r.returncode == 2 and "give one" in r.stderr

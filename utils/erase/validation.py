@@ -42,9 +42,9 @@ def check_validation(ctype_name: str, metric: str, csv: str, concepts: list[str]
     dataset_path(csv, "--test_csv_path")
     needs = {"q16_rate": "clip", "style_rate": "clip", "target_accuracy": "resnet"}.get(metric)
     if metric == "q16_rate":
-        from utils.score.q16 import DEFAULT_PROMPTS
+        from utils.score.q16 import VALIDATION_PROMPTS
 
-        dataset_path(DEFAULT_PROMPTS, "Q16 prompt embeddings")
+        dataset_path(VALIDATION_PROMPTS, "Q16 prompt embeddings")
     if needs:
         _check_hf_model(needs)
 
@@ -90,4 +90,4 @@ def validate_weights(pipe, weights: dict, folder, ctype_name: str, concepts: lis
     table = validation_table(csv, concepts, folder, vae_scale_factor(pipe))
     generate_table(pipe, table, folder, num_samples=num_samples, steps=steps, batch_size=batch_size,
                    progress=True, grid=True)
-    return score_run(folder, metric, concepts)
+    return score_run(folder, metric, concepts, validation=True)
