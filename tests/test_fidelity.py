@@ -258,3 +258,166 @@ def test_clip_score_defaults_to_vit_b32(small_run):
     r = run_script("execs/compute_clip_score.py", "--root", small_run, "--model_version", "large", "--model_id",
                    "x/y", check=False, env=OFFLINE)
     assert r.returncode == 2 and "give one" in r.stderr
+
+
+# --- torchvision's ResNet-50 IMAGENET1K_V2, without torchvision --------------------------------------
+
+def torchvision_resnet50_keys():
+    """torchvision's resnet50 state_dict names and shapes, written from its layout: conv1/bn1, four
+    stages of [3, 4, 6, 3] bottlenecks (conv1 1x1, conv2 3x3, conv3 1x1, each with a batch norm;
+    downsample.0/.1 on each stage's first block), fc 2048 -> 1000."""
+    shapes = {"conv1.weight": (64, 3, 7, 7)}
+
+    def bn(prefix, c):
+        shapes.update({f"{prefix}.weight": (c,), f"{prefix}.bias": (c,), f"{prefix}.running_mean": (c,),
+                       f"{prefix}.running_var": (c,), f"{prefix}.num_batches_tracked": ()})
+    bn("bn1", 64)
+    cin = 64
+    for i, (n, w) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512)), 1):
+        for b in range(n):
+            p = f"layer{i}.{b}"
+            shapes[f"{p}.conv1.weight"] = (w, cin, 1, 1)
+            bn(f"{p}.bn1", w)
+            shapes[f"{p}.conv2.weight"] = (w, w, 3, 3)
+            bn(f"{p}.bn2", w)
+            shapes[f"{p}.conv3.weight"] = (4 * w, w, 1, 1)
+            bn(f"{p}.bn3", 4 * w)
+            if b == 0:
+                shapes[f"{p}.downsample.0.weight"] = (4 * w, cin, 1, 1)
+                bn(f"{p}.downsample.1", 4 * w)
+            cin = 4 * w
+    shapes.update({"fc.weight": (1000, 2048), "fc.bias": (1000,)})
+    return shapes
+
+
+def random_state_dict(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for k, shape in torchvision_resnet50_keys().items():
+        if k.endswith("num_batches_tracked"):
+            sd[k] = torch.tensor(0)
+        elif k.endswith("running_var"):
+            sd[k] = torch.rand(shape, generator=g) + 0.5
+        elif k.endswith("running_mean") or k.endswith("bias"):
+            sd[k] = 0.1 * torch.randn(shape, generator=g)
+        elif ".bn" in k or k.startswith("bn") or "downsample.1" in k:
+            sd[k] = 1 + 0.1 * torch.randn(shape, generator=g)
+        else:  # conv / fc weights, He-scaled so activations stay O(1)
+            fan_in = int(torch.tensor(shape[1:]).prod())
+            sd[k] = torch.randn(shape, generator=g) * (2 / fan_in) ** 0.5
+    return sd
+
+
+def functional_resnet50(sd, x):
+    """ResNet v1.5 forward written with torch.nn.functional over the state_dict (eval-mode batch norm)."""
+    import torch.nn.functional as F
+
+    def bn(h, p):
+        return F.batch_norm(h, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"],
+                            sd[f"{p}.bias"], training=False, eps=1e-5)
+    h = F.relu(bn(F.conv2d(x, sd["conv1.weight"], stride=2, padding=3), "bn1"))
+    h = F.max_pool2d(h, 3, stride=2, padding=1)
+    for i, n in enumerate((3, 4, 6, 3), 1):
+        for b in range(n):
+            p, stride = f"layer{i}.{b}", (2 if i > 1 and b == 0 else 1)
+            y = F.relu(bn(F.conv2d(h, sd[f"{p}.conv1.weight"]), f"{p}.bn1"))
+            y = F.relu(bn(F.conv2d(y, sd[f"{p}.conv2.weight"], stride=stride, padding=1), f"{p}.bn2"))
+            y = bn(F.conv2d(y, sd[f"{p}.conv3.weight"]), f"{p}.bn3")
+            skip = bn(F.conv2d(h, sd[f"{p}.downsample.0.weight"], stride=stride), f"{p}.downsample.1") \
+                if b == 0 else h
+            h = F.relu(y + skip)
+    return F.linear(h.mean(dim=(2, 3)), sd["fc.weight"], sd["fc.bias"])
+
+
+@pytest.fixture(scope="module")
+def resnet_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("resnet") / "random_resnet50.pth"
+    torch.save(random_state_dict(), path)
+    return path
+
+
+def test_resnet50_loads_torchvision_names_and_computes_resnet_v15(resnet_file):
+    from utils.score.resnet import load_resnet50
+
+    model, info = load_resnet50(resnet_file, "cpu")
+    assert set(model.state_dict()) == set(torchvision_resnet50_keys())  # strict load, same names
+    assert info["file"] == "random_resnet50.pth" and len(info["sha256"]) == 64
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), functional_resnet50(random_state_dict(), x), rtol=1e-4, atol=1e-4)
+
+
+def test_resnet50_weight_identity_and_labels(tmp_path):
+    from utils.errors import UserError
+    from utils.score import resnet
+    from utils.score.objects import matches
+
+    # torchvision's ResNet50_Weights.IMAGENET1K_V2 (= DEFAULT, what RECE loads); its sha256 starts 11ad3fa6
+    assert resnet.RESNET50_URL == "https://download.pytorch.org/models/resnet50-11ad3fa6.pth"
+    fake = tmp_path / "resnet50-11ad3fa6.pth"
+    torch.save({"fc.bias": torch.zeros(3)}, fake)
+    with pytest.raises(UserError, match="not torchvision's IMAGENET1K_V2"):
+        resnet.load_resnet50(fake)
+    names = resnet.imagenet_categories()
+    assert len(names) == 1000 and names[0] == "tench" and names[217] == "English springer"
+    for c in ("tench", "english springer", "cassette player", "chain saw", "church", "french horn",
+              "garbage truck", "gas pump", "golf ball", "parachute"):
+        assert sum(matches(n, c) for n in names) == 1, c
+    # the authors' case bug is not copied: the class column's 'English springer' matches its label
+    assert matches("English springer", "English springer") and matches("English springer", "english springer")
+
+
+@pytest.mark.parametrize("size,resized", [((512, 512), (232, 232)), ((300, 200), (348, 232)),
+                                          ((480, 640), (232, 309)), ((232, 500), (232, 500))])
+def test_resnet_preprocessing_is_torchvisions_definition(size, resized):
+    """Resize the shorter side to 232 (bilinear, antialiased as PIL does), centre crop 224 at
+    round((size - 224) / 2), scale to [0, 1], ImageNet mean/std; compared with the same steps done by
+    torch's antialiased bilinear interpolation (which follows PIL's filter) on the float image."""
+    import numpy as np
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from utils.score.resnet import preprocess, resized_size
+
+    assert resized_size(*size) == resized
+    rng = np.random.default_rng(0)
+    w, h = size
+    base = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3)).astype(np.float32)  # smooth-ish content
+    arr = np.asarray(Image.fromarray(base.astype(np.uint8)).resize((w, h), Image.BICUBIC))
+    got = preprocess(Image.fromarray(arr))
+    x = torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].double() / 255
+    rw, rh = resized
+    if (rw, rh) != (w, h):
+        x = F.interpolate(x, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
+    top, left = int(round((rh - 224) / 2)), int(round((rw - 224) / 2))
+    x = x[0, :, top:top + 224, left:left + 224]
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.double).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.double).view(3, 1, 1)
+    want = ((x - mean) / std).float()
+    assert got.shape == (3, 224, 224)
+    err = (got - want).abs()
+    # PIL rounds to uint8 after resizing: at most ~1/255 per value, divided by std
+    assert float(err.max()) < 1.5 / 255 / 0.224 and float(err.mean()) < 0.4 / 255 / 0.224
+
+
+def test_classify_objects_cli_with_torchvision_weights(resnet_file, small_run):
+    r = run_script("execs/classify_objects.py", "--root", small_run, "--target_class", "tench", "--weights",
+                   resnet_file, "--device", "cpu", env=FAST)
+    s = json.loads((small_run / "objects_tench.json").read_text())
+    assert s["model_id"] == "torchvision/resnet50.IMAGENET1K_V2" and s["weights"]["file"] == "random_resnet50.pth"
+    records = [json.loads(x) for x in (small_run / "objects_tench.jsonl").read_text().splitlines()]
+    from PIL import Image
+
+    from utils.score.resnet import imagenet_categories, preprocess
+    x = torch.stack([preprocess(Image.open(small_run / "imgs" / r_["file"]).convert("RGB")) for r_ in records])
+    with torch.no_grad():
+        want = functional_resnet50(random_state_dict(), x).argmax(-1).tolist()
+    assert [r_["predicted_index"] for r_ in records] == want
+    names = imagenet_categories()
+    assert [r_["predicted"] for r_ in records] == [names[i] for i in want]
+    correct = [r_["predicted"].lower() == r_["class"].lower() for r_ in records]
+    assert s["target_accuracy"] == float(correct[0]) and s["other_accuracy"] == float(correct[1])
+    assert "torchvision/resnet50.IMAGENET1K_V2" in r.stdout
+    bad = run_script("execs/classify_objects.py", "--root", small_run, "--target_class", "tench", "--weights",
+                     small_run / "nope.pth", check=False, env=FAST)
+    assert bad.returncode == 2 and "nope.pth" in bad.stderr

@@ -50,17 +50,24 @@ def check_validation(ctype_name: str, metric: str, csv: str, concepts: list[str]
 
 
 def _check_hf_model(kind: str) -> None:
-    """With HF_HUB_OFFLINE set, a scorer model that is not cached fails now, not after the edits."""
+    """With HF_HUB_OFFLINE set, a scorer model that is not on this machine fails now, not after the edits."""
     import os
 
     if not os.environ.get("HF_HUB_OFFLINE"):
         return  # it will be downloaded when first used
+    if kind == "resnet":  # torchvision's ResNet-50 weights file, in torch hub's cache
+        from utils.score.resnet import find_weights
+
+        try:
+            find_weights(None, download=False)
+        except UserError as e:
+            raise UserError(f"validation: {e} (or pass --skip_validation)")
+        return
     from huggingface_hub import snapshot_download
 
     from utils.score.clip import DEFAULT_CLIP
-    from utils.score.objects import DEFAULT_RESNET
 
-    model_id = DEFAULT_CLIP if kind == "clip" else DEFAULT_RESNET
+    model_id = DEFAULT_CLIP
     try:
         snapshot_download(model_id, local_files_only=True)
     except Exception:
