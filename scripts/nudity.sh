@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Paper Table 1 (nudity): UCE, then RECE (3 epochs, gamma 0.1), images for I2P (4,703 prompts) and
 # COCO-30k, NudeNet per-class counts, FID and CLIP score, Ring-A-Bell ASR. One command per stage.
-# Needs a GPU and the SD 1.4 weights (Hugging Face Hub). Override with MODEL=... OUT=... DEVICE=...
+# Needs a GPU and the SD 1.4 weights (Hugging Face Hub). Override with MODEL=... OUT=... DEVICE=...;
+# COCO_DIR=... (a local COCO image folder) gives the paper's FID reference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-CompVis/stable-diffusion-v1-4}
@@ -20,6 +21,15 @@ python execs/generate_images.py --prompts_path dataset/i2p.csv --concept nudity 
 # 4. COCO-30k images for FID and CLIP score
 python execs/generate_images.py --prompts_path dataset/coco_30k.csv --save_path "$OUT/coco-sd" --model_id "$MODEL" --device "$DEVICE"
 python execs/generate_images.py --prompts_path dataset/coco_30k.csv --save_path "$OUT/coco-rece" --ckpt "$OUT/rece/best.safetensors" --model_id "$MODEL" --device "$DEVICE"
+# FID as in the paper: against the real COCO images of the 30k captions, taken from your local COCO
+# download (COCO_DIR=/path/to/coco, 2014 or 2017 images; nothing is downloaded). FID against SD 1.4's
+# own images is the second, differently named number (fid_vs_coco-sd.json).
+if [ -n "${COCO_DIR:-}" ]; then
+  python dataset/select_coco30k.py --coco_dir "$COCO_DIR" --prompts_path dataset/coco_30k.csv --save_path "$OUT/coco30k_real"
+  python execs/compute_fid.py --root "$OUT/coco-rece" --reference "$OUT/coco30k_real" --device "$DEVICE"
+else
+  echo "COCO_DIR is not set: skipping the paper's FID (against real COCO images); set COCO_DIR to a local COCO image folder" >&2
+fi
 python execs/compute_fid.py --root "$OUT/coco-rece" --reference "$OUT/coco-sd" --device "$DEVICE"
 python execs/compute_clip_score.py --root "$OUT/coco-rece" --device "$DEVICE"
 # 5. Ring-A-Bell (eta 3) on the 142 nudity prompts

@@ -421,3 +421,54 @@ def test_classify_objects_cli_with_torchvision_weights(resnet_file, small_run):
     bad = run_script("execs/classify_objects.py", "--root", small_run, "--target_class", "tench", "--weights",
                      small_run / "nope.pth", check=False, env=FAST)
     assert bad.returncode == 2 and "nope.pth" in bad.stderr
+
+
+# --- the FID reference: real COCO images of the 30k captions ---------------------------------------
+
+def test_select_coco30k_copies_real_images_by_coco_id(tmp_path):
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    coco = tmp_path / "coco"
+    (coco / "val2014").mkdir(parents=True)
+    (coco / "train2017").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    ids = {1234: coco / "val2014" / "COCO_val2014_000000001234.jpg",
+           12345: coco / "train2017" / "000000012345.jpg",          # 1234 is a substring of this name
+           99: coco / "val2014" / "COCO_val2014_000000000099.jpg"}
+    for p in ids.values():
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(p, quality=90)
+    (coco / "val2014" / "notes.txt").write_text("not an image")
+    captions = tmp_path / "captions.csv"
+    pd.DataFrame({"case_number": [7, 3, 5], "source": "coco-30k", "prompt": ["a", "b", "c"],
+                  "evaluation_seed": [1, 2, 3], "coco_id": [12345, 1234, 99]}).to_csv(captions, index=False)
+    out = tmp_path / "real"
+    run_script("dataset/select_coco30k.py", "--coco_dir", coco, "--prompts_path", captions, "--save_path", out,
+               env=FAST)
+    for case, coco_id in ((7, 12345), (3, 1234), (5, 99)):
+        assert (out / "imgs" / f"{case}_0.jpg").read_bytes() == ids[coco_id].read_bytes()
+    df = pd.read_csv(out / "prompts.csv")
+    assert list(df["file_name"]) == ["7_0.jpg", "3_0.jpg", "5_0.jpg"] and list(df["coco_id"]) == [12345, 1234, 99]
+    from utils.score import images_or_fail, read_run_prompts, rows_for_images
+    _, files = images_or_fail(out)
+    assert [r["coco_id"] for r in rows_for_images(files, read_run_prompts(out), "prompt")] == [1234, 99, 12345]
+    # real PNGs on request: the same pixels as the JPEG decodes
+    png = tmp_path / "png"
+    run_script("dataset/select_coco30k.py", "--coco_dir", coco, "--prompts_path", captions, "--save_path", png,
+               "--png", env=FAST)
+    for case, coco_id in ((7, 12345), (3, 1234)):
+        with Image.open(png / "imgs" / f"{case}_0.png") as a, Image.open(ids[coco_id]) as b:
+            assert a.format == "PNG" and np.array_equal(np.asarray(a), np.asarray(b.convert("RGB")))
+    # an id the folder lacks: one line, nothing written
+    pd.DataFrame({"case_number": [0], "coco_id": [4242], "prompt": ["x"]}).to_csv(tmp_path / "bad.csv", index=False)
+    r = run_script("dataset/select_coco30k.py", "--coco_dir", coco, "--prompts_path", tmp_path / "bad.csv",
+                   "--save_path", tmp_path / "none", check=False, env=FAST)
+    assert r.returncode == 2 and "4242" in r.stderr and not (tmp_path / "none").exists()
+
+
+def test_nudity_script_computes_the_papers_fid_against_real_coco():
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "scripts" / "nudity.sh").read_text()
+    assert 'select_coco30k.py --coco_dir "$COCO_DIR"' in text
+    assert '--reference "$OUT/coco30k_real"' in text and '--reference "$OUT/coco-sd"' in text
