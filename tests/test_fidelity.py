@@ -472,3 +472,42 @@ def test_nudity_script_computes_the_papers_fid_against_real_coco():
     text = (Path(__file__).resolve().parent.parent / "scripts" / "nudity.sh").read_text()
     assert 'select_coco30k.py --coco_dir "$COCO_DIR"' in text
     assert '--reference "$OUT/coco30k_real"' in text and '--reference "$OUT/coco-sd"' in text
+
+
+def test_uce_add_prompts_erases_each_template_towards_the_bare_guide(tiny_pipeline_dir, tmp_path):
+    """execs/train_uce.py --add_prompts on the tiny model equals the closed form of docs/method.md §2
+    with the pairs (template(c), bare guide), written out here per matrix."""
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    from utils.erase import closed_form as cf
+
+    run_script("execs/train_uce.py", "--concepts", "tench", "--concept_type", "object", "--add_prompts",
+               "--model_id", tiny_pipeline_dir, "--save_path", tmp_path / "uce", env=FAST)
+    got = {k: v.double() for k, v in load_file(str(tmp_path / "uce" / "uce.safetensors")).items()}
+    tok = AutoTokenizer.from_pretrained(tiny_pipeline_dir, subfolder="tokenizer")
+    te = CLIPTextModel.from_pretrained(tiny_pipeline_dir, subfolder="text_encoder").eval()
+
+    @torch.no_grad()
+    def E(text):
+        ids = tok([text], padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        return te(ids.input_ids)[0][0].double(), int(ids.attention_mask.sum()) - 2
+
+    unet = load_file(str(tiny_pipeline_dir / "unet" / "diffusion_pytorch_model.safetensors"))
+    W0s = {k: unet[k].double() for k in got}
+
+    def reference(pairs):
+        slices = [cf.uce_token_slice(*E(c), *E(g)) for c, g in pairs]
+        P = E("")[0]
+        out = {}
+        for k, W0 in W0s.items():
+            left = 0.5 * W0 + sum((T @ W0.T).T @ C for C, T in slices) + (P @ W0.T).T @ P
+            right = 0.5 * torch.eye(W0.shape[1], dtype=torch.float64) + sum(C.T @ C for C, _ in slices) + P.T @ P
+            out[k] = torch.linalg.solve(right.T, left.T).T
+        return out
+    templates = ["image of {}", "photo of {}", "portrait of {}", "picture of {}", "painting of {}"]
+    want = reference([("tench", " ")] + [(t.format("tench"), " ") for t in templates])
+    old = reference([("tench", " ")] + [(t.format("tench"), t.format("")) for t in templates])
+    for k in got:
+        err = float((got[k] - want[k]).abs().max() / want[k].abs().max())
+        assert err < 2e-4, (k, err)
+    assert max(float((want[k] - old[k]).abs().max()) for k in got) > 1e-3  # the mapping matters
