@@ -5,8 +5,10 @@
 
 Each epoch derives, in closed form, the embedding c' that makes the edited model reproduce the
 erased concept, then erases c' with one regularised closed-form edit. Writes SAVE_PATH/config.json
-(first), uce.safetensors (when the UCE stage runs here), epoch_{k}.safetensors, adv_embeddings.safetensors,
-best.safetensors (lowest validation rate; the last epoch with --skip_validation), detect_rate.json
+(first), uce.safetensors (the UCE stage run here, or the --target_ckpt it started from),
+epoch_{k}.safetensors, adv_embeddings.safetensors, best.safetensors (the checkpoint the authors' rule
+keeps, docs/method.md §4: an epoch strictly below the base model's and UCE's validation rate, else UCE;
+the last epoch with --skip_validation), detect_rate.json (every rate, which checkpoint is best and why)
 and timing.json (closed_form_seconds: the derivations and edits alone).
 """
 from __future__ import annotations
@@ -31,7 +33,8 @@ def parse_args(argv=None):
     add_edit_args(p, lamb=RECE_EDIT["lamb"], preserve_scale=RECE_EDIT["preserve_scale"])
     p.add_argument("--emb_computing", default=RECE_EDIT["emb_computing"], choices=cf.EMB_COMPUTING,
                    help="closed-form adversarial embedding (docs/method.md §3)")
-    p.add_argument("--reg_item", default="both", choices=cf.REG_ITEMS, help="regulariser of close_surrogatereg")
+    p.add_argument("--reg_item", default="1st", choices=cf.REG_ITEMS,
+                   help="regulariser of close_surrogatereg (default 1st, as the authors' train.py)")
     p.add_argument("--regular_scale", type=nonneg_float, default=None,
                    help="gamma of the adversarial embedding (default: the paper's per concept type, docs/method.md §4)")
     p.add_argument("--old_target_concept", default=None,
@@ -46,7 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--num_samples", type=samples_arg, default=1, help="validation images per prompt")
     p.add_argument("--ddim_steps", type=steps_arg, default=None, help="validation denoising steps (default 50)")
     p.add_argument("--skip_validation", action="store_true",
-                   help="no validation: best.safetensors is the last epoch")
+                   help="no validation: best.safetensors is the last epoch (the start checkpoint with 0 epochs)")
     add_model_args(p)
     p.add_argument("--save_path", default=None,
                    help="run folder (default runs/rece/<concepts>-<type>-<emb_computing>-reg<gamma>-ep<epochs>)")

@@ -4,9 +4,12 @@
 
 Each image's class is the `class` column of its prompts row (the run's prompts.csv, or
 `--prompts_path`, e.g. imagenette.csv); a prediction is correct when that class is one of the names
-of the predicted ImageNet label (case-insensitive). Classifier: transformers
-`ResNetForImageClassification` (`--model_id`, default microsoft/resnet-50). Writes
-ROOT/objects_{target}.json (target accuracy, other accuracy, per-class accuracy) and .jsonl.
+of the predicted ImageNet label (case-insensitive). Classifier: the authors' (the paper's Table 4),
+torchvision's ResNet-50 with its IMAGENET1K_V2 weights and transforms (resize 232 bilinear, centre
+crop 224), run without torchvision; its weights file resnet50-11ad3fa6.pth is read from `--weights`,
+torch hub's cache, or downloaded there. `--model_id` takes a transformers
+ResNetForImageClassification instead (e.g. microsoft/resnet-50). Writes ROOT/objects_{target}.json
+(target accuracy, other accuracy, per-class accuracy, classifier and weights sha256) and .jsonl.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.score import (add_common_args, check_batch_size, images_or_fail, read_run_prompts,  # noqa: E402
                            rows_for_images)
-from utils.score.objects import DEFAULT_RESNET, classify_objects  # noqa: E402
+from utils.score.objects import classify_objects  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -30,7 +33,15 @@ def parse_args(argv=None):
                    help="the erased class, e.g. tench (default: none, report per-class accuracy only)")
     p.add_argument("--prompts_path", default=None,
                    help="prompts CSV with a 'class' column (default ROOT/prompts.csv), e.g. imagenette.csv")
-    add_common_args(p, DEFAULT_RESNET, "ImageNet classifier")
+    p.add_argument("--weights", default=None,
+                   help="torchvision's ResNet-50 IMAGENET1K_V2 state_dict file resnet50-11ad3fa6.pth (default: "
+                        "torch hub's cache, else downloaded)")
+    p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                   help="download the ResNet-50 weights when they are not found")
+    p.add_argument("--model_id", default=None,
+                   help="a transformers ResNetForImageClassification (Hub id or folder) instead of torchvision's "
+                        "ResNet-50, e.g. microsoft/resnet-50")
+    add_common_args(p)
     return p.parse_args(argv)
 
 
@@ -43,11 +54,21 @@ def main(args):
     if args.target_class is not None and args.target_class.strip().lower() not in classes:
         raise UserError(f"--target_class {args.target_class!r} is not a class of the prompts "
                         f"({', '.join(sorted(classes))})")
+    if args.model_id is not None and args.weights is not None:
+        raise UserError("--weights is torchvision's ResNet-50 file, --model_id a transformers classifier; give one")
+    classifier = None
+    if args.model_id is None:
+        from utils.score.objects import load_classifier
+        from utils.score.resnet import find_weights
+
+        weights = find_weights(args.weights, download=args.download)
+        classifier = load_classifier(None, args.device, weights)
     # 2. Classify.
-    s = classify_objects(args.root, args.target_class, prompts_path=args.prompts_path, model_id=args.model_id,
-                         device=args.device, batch_size=args.batch_size, save_path=args.save_path,
-                         overwrite=args.overwrite)
-    print(f"classifier {s['model_id']}, {s['n_images']} images")
+    s = classify_objects(args.root, args.target_class, prompts_path=args.prompts_path, classifier=classifier,
+                         model_id=args.model_id, device=args.device, batch_size=args.batch_size,
+                         save_path=args.save_path, overwrite=args.overwrite)
+    print(f"classifier {s['model_id']}" + (f" ({s['weights']['file']})" if s.get("weights") else "")
+          + f", {s['n_images']} images")
     if args.target_class is not None:
         fmt = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
         print(f"target ({args.target_class}) accuracy: {fmt(s['target_accuracy'])}; "

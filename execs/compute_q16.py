@@ -3,9 +3,11 @@
     python execs/compute_q16.py --root results/rece_i2p
 
 CLIP ViT-L/14 image features (transformers, `--model_id`, default openai/clip-vit-large-patch14)
-against the two Q16 prompt embeddings (`--prompts_file`, default q16_vit_l14_prompts.npy from
-`python dataset/fetch.py`): inappropriate when softmax(100 * normalize(x) @ normalize(P)^T) puts
-row 1 first. Writes ROOT/q16.json (rate, per-I2P-category rates when the run's prompts.csv has
+against two Q16 prompt embeddings (`--prompts_file`): inappropriate when
+softmax(100 * normalize(x) @ normalize(P)^T) puts row 1 first. The default,
+q16_vit_l14_prompts_finetuned.npy, is what RECE's final evaluation (the paper's Table 2) uses;
+`--prompts_file q16_vit_l14_prompts.npy` gives Q16's original prompts, which RECE (and train.py
+here) use for validation during training. Writes ROOT/q16.json (rate, per-I2P-category rates when the run's prompts.csv has
 `categories`, model id, prompts file hash) and ROOT/q16.jsonl (one probability per image).
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.errors import run_cli  # noqa: E402
 from utils.score import add_common_args, check_batch_size, image_folder  # noqa: E402
-from utils.score.clip import DEFAULT_CLIP  # noqa: E402
+from utils.score.clip import CLIP_L14  # noqa: E402
 from utils.score.q16 import DEFAULT_PROMPTS, load_q16_prompts, score_q16  # noqa: E402
 
 
@@ -27,10 +29,11 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="run folder (images in ROOT/imgs) or a folder of images")
     p.add_argument("--prompts_file", default=DEFAULT_PROMPTS,
-                   help=f"Q16 prompt embeddings, (2, d) .npy matching the CLIP model (default {DEFAULT_PROMPTS})")
+                   help=f"Q16 prompt embeddings, (2, d) .npy matching the CLIP model (default {DEFAULT_PROMPTS}, "
+                        f"the paper's evaluation; q16_vit_l14_prompts.npy: its training-time validation)")
     p.add_argument("--prompts_path", default=None,
                    help="prompts CSV for per-category rates (default: ROOT/prompts.csv when present)")
-    add_common_args(p, DEFAULT_CLIP, "CLIP model")
+    add_common_args(p, CLIP_L14, "CLIP model")
     return p.parse_args(argv)
 
 

@@ -33,7 +33,8 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_edit_args(p, lamb=UCE_EDIT["lamb"], preserve_scale=None)
     p.add_argument("--add_prompts", action=argparse.BooleanOptionalAction, default=False,
-                   help="also erase the type's prompt templates ('painting by {c}', 'image of {c}', ...)")
+                   help="also erase the type's prompt templates ('painting by {c}', 'image of {c}', ...), each "
+                        "towards the bare guide ('art', or ' '), as the authors' train_uce.py")
     add_model_args(p)
     p.add_argument("--save_path", default=None,
                    help="run folder (default runs/uce/<concepts>-<type>-<technique>-lamb<lamb>)")

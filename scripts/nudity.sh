@@ -3,6 +3,7 @@
 # prompts) and COCO-30k, NudeNet per-class counts, FID and CLIP score, Ring-A-Bell ASR. One command per
 # stage. Needs a GPU and the SD 1.4 weights (Hugging Face Hub). Override with MODEL=... OUT=... DEVICE=...
 # ESD: ESD_CKPT=path uses a checkpoint (the released ESD-u UNet .pt, or ours); unset, ESD-u is trained here.
+# COCO_DIR=... (a local COCO image folder) gives the paper's FID reference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-CompVis/stable-diffusion-v1-4}
@@ -31,10 +32,20 @@ python execs/generate_images.py --prompts_path dataset/coco_30k.csv --save_path 
 python execs/generate_images.py --prompts_path dataset/coco_30k.csv --save_path "$OUT/coco-sld" --sld max --model_id "$MODEL" --device "$DEVICE"
 python execs/generate_images.py --prompts_path dataset/coco_30k.csv --save_path "$OUT/coco-esd" --ckpt "$ESD_CKPT" --model_id "$MODEL" --device "$DEVICE"
 python execs/generate_images.py --prompts_path dataset/coco_30k.csv --save_path "$OUT/coco-rece" --ckpt "$OUT/rece/best.safetensors" --model_id "$MODEL" --device "$DEVICE"
+# FID as in the paper: against the real COCO images of the 30k captions, taken from your local COCO
+# download (COCO_DIR=/path/to/coco, 2014 or 2017 images; nothing is downloaded). FID against SD 1.4's
+# own images is the second, differently named number (fid_vs_coco-sd.json).
+if [ -n "${COCO_DIR:-}" ]; then
+  python dataset/select_coco30k.py --coco_dir "$COCO_DIR" --prompts_path dataset/coco_30k.csv --save_path "$OUT/coco30k_real"
+fi
 for m in sld esd rece; do
+  if [ -n "${COCO_DIR:-}" ]; then
+    python execs/compute_fid.py --root "$OUT/coco-$m" --reference "$OUT/coco30k_real" --device "$DEVICE"
+  fi
   python execs/compute_fid.py --root "$OUT/coco-$m" --reference "$OUT/coco-sd" --device "$DEVICE"
   python execs/compute_clip_score.py --root "$OUT/coco-$m" --device "$DEVICE"
 done
+[ -n "${COCO_DIR:-}" ] || echo "COCO_DIR is not set: skipped the paper's FID (against real COCO images); set COCO_DIR to a local COCO image folder" >&2
 # 5. Ring-A-Bell (eta 3) on the 142 nudity prompts
 python attack_methods/RingABell.py --csv_file dataset/nudity-ring-a-bell.csv --prompt_file dataset/nudity.csv --eta 3 --concept nudity --img_path "$OUT/ringabell-sld" --sld max --model_id "$MODEL" --device "$DEVICE"
 python attack_methods/RingABell.py --csv_file dataset/nudity-ring-a-bell.csv --prompt_file dataset/nudity.csv --eta 3 --concept nudity --img_path "$OUT/ringabell-esd" --ckpt "$ESD_CKPT" --model_id "$MODEL" --device "$DEVICE"

@@ -34,9 +34,9 @@ SOURCES = {
     "validation_inappropriate.csv": (_RECE + "validation_inappropriate.csv", "b5cb5a001bfa8dbc354983360e58d575d8791a5c05021ba24b9312452f9547ad"),
     "validation_niche_artists.csv": (_RECE + "validation_niche_artists.csv", "eddd6d575c90341090b07f5d4f45a46aa3ca084e339f3f4ff6333c9a18aaa52d"),
     "vangogh-ring-a-bell.csv": (_RECE + "vangogh-ring-a-bell.csv", "b1cc11de9c9f8c160822455c282717085b032a484bd7bd7907f1ac3863d827c7"),
-    # Q16 prompt embeddings for CLIP ViT-L/14: the pickled float16 array utils/score/q16/prompts.p
+    # Q16 prompt embeddings for CLIP ViT-L/14: the pickled float16 array utils/metrics/q16/prompts.p
     # of the same repository; dataset/fetch.py converts it to q16_vit_l14_prompts.npy.
-    "q16_vit_l14_prompts.npy": (f"https://raw.githubusercontent.com/CharlesGong12/RECE/{RECE_COMMIT}/utils/score/q16/prompts.p",
+    "q16_vit_l14_prompts.npy": (f"https://raw.githubusercontent.com/CharlesGong12/RECE/{RECE_COMMIT}/utils/metrics/q16/prompts.p",
                                 "eb1426d84248dc6ed46b854e4b536a4d14fd2b9de89cd9e6ed3bbafd246d6f98"),
     # The fine-tuned Q16 prompts RECE's final evaluation uses (execs/Q16/eval.py of the same commit:
     # execs/Q16/data/ViT-L-14/prompts_finetuned.pt, a torch Parameter 2 x 768 float32, from the

@@ -13,7 +13,8 @@ from utils.errors import UserError
 I2P_CONCEPTS = ["hate", "harassment", "violence", "suffering", "humiliation", "harm", "suicide", "sexual",
                 "nudity", "bodily fluids", "blood"]
 
-# docs/method.md §2a: `--add_prompts` templates, each applied to the concept and to its guide.
+# docs/method.md §2a: `--add_prompts` templates, applied to the concept; each templated concept is mapped
+# to the bare guide (as RECE's train_uce.py does: 'painting by X' -> 'art', 'image of X' -> ' ').
 PROMPT_TEMPLATES = {
     "art": ["painting by {}", "art by {}", "artwork by {}", "picture by {}", "style of {}"],
     "object": ["image of {}", "photo of {}", "portrait of {}", "picture of {}", "painting of {}"],
@@ -110,14 +111,15 @@ def guides_for(concepts: list[str], guided: str | None, ctype: ConceptType) -> l
 
 
 def expand_with_templates(concepts: list[str], guides: list[str], ctype_name: str) -> tuple[list[str], list[str]]:
-    """docs/method.md §2a `--add_prompts`: each concept also as 'painting by {c}' etc., mapped to the same template
-    around its guide."""
+    """docs/method.md §2a `--add_prompts`: each concept also as 'painting by {c}' etc., each of them mapped
+    to the concept's bare guide ('painting by Van Gogh' -> 'art'; towards unconditional: ' '), as the
+    authors' UCE script pairs them."""
     templates = PROMPT_TEMPLATES.get(ctype_name, [])
     out_c, out_g = list(concepts), list(guides)
     for c, g in zip(concepts, guides):
         for t in templates:
             out_c.append(t.format(c))
-            out_g.append(t.format(g.strip()) if g.strip() else t.format(""))
+            out_g.append(g if g.strip() else " ")
     return out_c, out_g
 
 
@@ -148,13 +150,15 @@ def all_artists() -> list[str]:
 def preserve_texts(ctype_name: str, concepts: list[str], preserve_concepts: list[str], stage: str) -> list[str]:
     """The preserve texts of an edit.
 
-    UCE (docs/method.md §2a): the empty string plus the preserve concepts; for art, when none are given, every
-    other artist of artists1734_prompts.csv. RECE (docs/method.md §3): `" "` once per concept, or the preserve
-    concepts when given; for art the empty string plus the other artists.
+    UCE (docs/method.md §2a): the empty string plus the preserve concepts; for art, when none are given,
+    every other artist of artists1734_prompts.csv. RECE (docs/method.md §3), as the authors' three
+    scripts do: nudity / unsafe (train.py) `" "` once per concept, or the preserve concepts when given;
+    art (train_artists.py) and objects (train_object.py) the empty string once plus the preserve
+    concepts (for art, by default, the other artists). The built-in world follows train.py.
     """
     if ctype_name == "art" and not preserve_concepts:
         erased = {c.lower() for c in concepts}
         preserve_concepts = [a for a in all_artists() if a.lower() not in erased]
-    if stage == "uce" or ctype_name == "art":
+    if stage == "uce" or ctype_name in ("art", "object"):
         return [""] + list(preserve_concepts)
     return list(preserve_concepts) if preserve_concepts else [" "] * len(concepts)

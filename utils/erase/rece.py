@@ -5,7 +5,8 @@
                      skip_validation=True)
 
 Each epoch derives, in closed form, the embedding c' that makes the edited model reproduce the
-erased concept, then erases c' with one regularised closed-form edit.
+erased concept, then erases c' with one regularised closed-form edit. Which checkpoint the run keeps
+as `best` follows the authors' scripts (`select_best`).
 """
 from __future__ import annotations
 
@@ -27,13 +28,80 @@ from utils.models import (TextEncoders, edit_weights, load_pipeline, load_text_e
 
 OUTPUTS = ("best.safetensors", "epoch_1.safetensors", "detect_rate.json")
 OTHER_OUTPUTS = ("validation", "uce.safetensors", "adv_embeddings.safetensors", "timing.json")
+# train_object.py: an epoch's other-class accuracy may be at most 0.1 below UCE's
+OBJECT_OTHER_SLACK = 0.1
+
+
+def select_best(metric: str | None, rates: dict, epochs: int, has_uce: bool, other: dict | None = None) -> dict:
+    """Which checkpoint a RECE run keeps as `best` (docs/method.md §4), by the authors' rules.
+
+    `rates` maps 'base', 'uce' (when the run has a UCE / start checkpoint) and the validated
+    'epoch_k' to validation rates (lower is better); `other` maps the same names to the other-class
+    accuracy (objects). Returns {'best': 'epoch_k' | 'uce' | None, 'best_epoch': k | 0 | None,
+    'rule': ..., 'reason': ...}.
+
+    - No validation (`metric` None): the last epoch; with 0 epochs the UCE / start checkpoint.
+    - Nudity, unsafe and the built-in world (the authors' train.py): an epoch is kept only if its rate
+      is strictly below both the base model's and UCE's; of those, the lowest (the earliest among
+      equal rates, as train.py saves a checkpoint only on a strict improvement).
+    - Objects (train_object.py): when UCE's target accuracy is already 0, UCE is kept and RECE's
+      epochs are not used (the paper's rule for objects UCE already erases); an epoch whose target
+      accuracy is 0 is kept and ends the run; else an epoch qualifies when its target accuracy is below
+      UCE's and its other-class accuracy is at least UCE's minus 0.1, and the qualifying epoch with the
+      lowest target accuracy is kept (train_object.py saves every qualifying epoch; the paper runs one).
+      Without UCE the base model stands in for it.
+    - Art (train_artists.py saves every epoch, with no validation rule): the last epoch.
+    When no epoch qualifies, `best` is UCE (None when the run has none), and `reason` says why.
+    """
+    validated = [k for k in range(1, epochs + 1) if f"epoch_{k}" in rates]
+    fallback = ("uce", 0) if has_uce else (None, None)
+
+    def kept(choice, rule, reason):
+        return {"best": choice[0], "best_epoch": choice[1], "rule": rule, "reason": reason}
+
+    if metric is None or metric == "style_rate":
+        rule = "no validation: the last epoch" if metric is None else \
+            "art: the last epoch (the authors' art script keeps every epoch, with no validation rule)"
+        if epochs:
+            return kept((f"epoch_{epochs}", epochs), rule, f"epoch {epochs} is the last epoch")
+        return kept(fallback, rule, "0 epochs: the start checkpoint is kept" if has_uce
+                    else "0 epochs and no start checkpoint: nothing to keep")
+    if metric == "target_accuracy":
+        ref = "uce" if has_uce else "base"
+        rule = (f"objects: an epoch at target accuracy 0 is kept and ends the run; else the lowest target accuracy "
+                f"among epochs below {ref}'s whose other-class accuracy is at least {ref}'s - {OBJECT_OTHER_SLACK}")
+        if has_uce and rates["uce"] == 0:
+            return kept(fallback, rule, "UCE already reaches target accuracy 0: RECE's further erasure is not "
+                                        "applied (the paper's rule for objects UCE already erases)")
+        qualify = []
+        for k in validated:
+            target, others = rates[f"epoch_{k}"], other[f"epoch_{k}"]
+            if target == 0:
+                return kept((f"epoch_{k}", k), rule, f"epoch {k} reaches target accuracy 0 (the run stops there)")
+            # 1e-9: accuracies are ratios of counts; 0.8 - 0.1 must not exceed 0.7 by a rounding error
+            if target < rates[ref] and others >= other[ref] - OBJECT_OTHER_SLACK - 1e-9:
+                qualify.append((target, k))
+        if qualify:
+            k = min(qualify)[1]
+            return kept((f"epoch_{k}", k), rule, f"epoch {k}: the lowest target accuracy among qualifying epochs")
+        return kept(fallback, rule, f"no epoch has a target accuracy below {ref}'s ({rates[ref]:.4f}) with other-class "
+                                    f"accuracy at least {other[ref] - OBJECT_OTHER_SLACK:.4f}; "
+                                    + ("UCE is kept" if has_uce else "there is no checkpoint to keep"))
+    bar = min(rates[n] for n in ("base", "uce") if n in rates)
+    rule = "an epoch is kept only if its rate is strictly below the base model's and UCE's; the lowest such epoch"
+    qualify = [(rates[f"epoch_{k}"], k) for k in validated if rates[f"epoch_{k}"] < bar]
+    if qualify:
+        k = min(qualify)[1]
+        return kept((f"epoch_{k}", k), rule, f"epoch {k} has the lowest rate, below min(base, UCE) = {bar:.4f}")
+    return kept(fallback, rule, f"no epoch's rate is below min(base, UCE) = {bar:.4f}; "
+                                + ("UCE is kept" if has_uce else "there is no checkpoint to keep"))
 
 
 def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = None,
              preserve_concepts: str | None = None, technique: str = "replace",
              lamb: float = RECE_EDIT["lamb"], erase_scale: float = 1.0,
              preserve_scale: float = RECE_EDIT["preserve_scale"], text_batch_size: int = 64,
-             emb_computing: str = RECE_EDIT["emb_computing"], reg_item: str = "both",
+             emb_computing: str = RECE_EDIT["emb_computing"], reg_item: str = "1st",
              regular_scale: float | None = None, old_target_concept: str | None = None,
              epochs: int | None = None, target_ckpt: str = "uce", seed: int = 0,
              test_csv_path: str | None = None, num_samples: int = 1, ddim_steps: int | None = None,
@@ -68,6 +136,8 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
     start = (target_ckpt or "").strip()
     if start not in ("", "uce") and not Path(start).exists():
         raise UserError(f"--target_ckpt {start} does not exist (expected 'uce', '' or a checkpoint path)")
+    if epochs == 0 and start == "":
+        raise UserError("--epochs 0 with --target_ckpt '' edits nothing; give epochs or a start checkpoint")
     validate = not skip_validation
     validation_csv = test_csv_path or paper["validation_csv"]
     if validate:
@@ -124,18 +194,19 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
                               if cache.enabled else None, str(Path(start).resolve()) if start not in ("", "uce") else None)
 
     # 5. The closed-form steps: UCE stage (optional), then every RECE epoch (materialised when saved)
-    uce_used, snapshots, advs = None, [], []
+    uce_used, snapshots, advs, uce_snapshot = None, [], [], None
     with stopwatch(timing, "closed_form_seconds", cpu=True):
         if start == "uce":
             uce_used = uce_stage(state, texts, concepts, guides, uce_preserve, UCE_EDIT["lamb"],
                                  UCE_EDIT["erase_scale"], None, technique, tokens=uce_tokens)
-            uce_snapshot = state.snapshot()
+        if start != "":
+            uce_snapshot = state.snapshot()  # the UCE stage run here, or the start checkpoint
         for _ in range(epochs):
             advs.append(rece_epoch(state, texts, concepts, guides, P_rece, gamma, emb_computing,
                                    reg_item, old_target_concept, lamb, erase_scale,
                                    preserve_scale, technique))
             snapshots.append(state.snapshot())
-    stages = ([("uce", uce_snapshot)] if start == "uce" else []) + \
+    stages = ([("uce", uce_snapshot)] if uce_snapshot is not None else []) + \
              [(f"epoch_{k}", snap) for k, snap in enumerate(snapshots, 1)]
     for name, (W_a, updates) in stages:  # finite factors on finite weights give finite weights
         if not all(torch.isfinite(G).all() and torch.isfinite(D).all() for D, G in updates) or \
@@ -175,7 +246,10 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
         with stopwatch(timing, "materialise_seconds", cpu=True):
             weights = next(materialised)
         with stopwatch(timing, "save_seconds"):
-            extra = {"method": "uce"} if name == "uce" else {"method": "rece", "epoch": int(name.split("_")[1])}
+            if name != "uce":
+                extra = {"method": "rece", "epoch": int(name.split("_")[1])}
+            else:
+                extra = {"method": "uce"} if start == "uce" else {"method": "start checkpoint", "source": start}
             save_edited_weights(save_path / f"{name}.safetensors", weights, {**meta, **extra})
         last = (name, weights)
     del materialised
@@ -194,44 +268,55 @@ def run_rece(*, concepts: str, concept_type: str, guided_concepts: str | None = 
                                     "note": "c' of docs/method.md §3 per epoch and concept, 77 x d, conditioning the edited "
                                             "model of the epoch before"})
 
-    # 7. Validation (docs/method.md §4): base, UCE, each epoch; keep the epoch with the lowest rate
-    rates = {"metric": paper["metric"] if validate else None, "validation_csv": validation_csv if validate else None}
-    best = len(snapshots)  # without validation: the last epoch
+    def stage_weights(name):
+        return last[1] if name == last[0] else state.matrices(dict(stages)[name])
+
+    # 7. Validation (docs/method.md §4): base, UCE (or the start checkpoint), each epoch; then the
+    #    authors' rule picks the checkpoint kept as best (select_best)
+    metric = paper["metric"] if validate else None
+    rates = {"metric": metric, "validation_csv": validation_csv if validate else None}
+    other = {}
     if validate:
         from utils.erase.validation import validate_weights
         with stopwatch(timing, "validation_seconds"):
             scores, parent_applied = {}, False
-            for name, snap in [("base", None)] + stages:
+            for name, _ in [("base", None)] + stages:
+                if metric == "target_accuracy" and name.startswith("epoch_") and scores.get("uce", {}).get("rate") == 0:
+                    print("validation: UCE already reaches target accuracy 0; RECE's epochs are not validated")
+                    break
                 if name != "base" and parent and not parent_applied:
                     apply_checkpoint(pipe.unet, start_ck)  # the parent under every stage after the base model
                     parent_applied = True
-                w = state.original() if snap is None else (last[1] if name == last[0] else state.matrices(snap))
+                w = state.original() if name == "base" else stage_weights(name)
                 result = validate_weights(pipe, w, save_path / "validation" / name, ctype.name, concepts,
-                                          paper["metric"], validation_csv, num_samples, ddim_steps or 50)
+                                          metric, validation_csv, num_samples, ddim_steps or 50)
                 scores[name] = result
-                print(f"validation {name}: {paper['metric']} = {result['rate']:.4f}")
-                if ctype.name == "object" and name.startswith("epoch_") and result["rate"] == 0:
+                print(f"validation {name}: {metric} = {result['rate']:.4f}")
+                if metric == "target_accuracy" and name.startswith("epoch_") and result["rate"] == 0:
                     break  # docs/method.md §4: objects stop once the target class is gone
         rates.update({name: r["rate"] for name, r in scores.items()})
+        if metric == "target_accuracy":
+            other = {name: sum(r["other_accuracy"].values()) / len(r["other_accuracy"]) for name, r in scores.items()}
+            rates["other_accuracy"] = other
         rates["details"] = scores
-        epoch_rates = [(scores[f"epoch_{k}"]["rate"], k) for k in range(1, len(snapshots) + 1)
-                       if f"epoch_{k}" in scores]
-        if epoch_rates:
-            best = min(epoch_rates)[1]
-    rates["best_epoch"] = best
-    best_name = f"epoch_{best}" if best > 0 else ("uce" if start == "uce" else None)
-    if best_name is not None:
-        best_weights = last[1] if best_name == last[0] else state.matrices(dict(stages)[best_name])
+    choice = select_best(metric, rates, len(snapshots), uce_snapshot is not None, other)
+    rates.update(best=choice["best"], best_epoch=choice["best_epoch"],
+                 selection={"rule": choice["rule"], "reason": choice["reason"]})
+    best = choice["best_epoch"]
+    best_weights = None if choice["best"] is None else stage_weights(choice["best"])
+    if best_weights is not None:
         save_edited_weights(save_path / "best.safetensors", best_weights,
-                            {**meta, "method": "rece" if best > 0 else "uce", "epoch": best})
+                            {**meta, "method": "rece" if best > 0 else "uce", "epoch": best,
+                             "selection": choice["reason"]})
     timing["cache"] = {"dir": str(cache.folder) if cache.enabled else None, **cache.status}
     timing["texts_encoded"] = texts.num_encoded
     write_json(save_path / "detect_rate.json", rates)
     timing["closed_form_seconds_per_epoch"] = timing["closed_form_seconds"] / max(1, epochs)
     write_json(save_path / "timing.json", timing)
+    kept_msg = (f"best = {choice['best']} ({choice['reason']}): {save_path / 'best.safetensors'}"
+                if best_weights is not None else f"no checkpoint kept as best ({choice['reason']})")
     print(f"RECE erased {', '.join(concepts)}: {epochs} epoch(s) in {timing['closed_form_seconds']:.2f} s of "
           f"closed-form steps (+{timing['text_encoding_seconds']:.2f} s text encoding, "
           f"+{timing.get('weights_gram_seconds', 0):.2f} s weight Grams; cache: "
-          f"{', '.join(f'{k} {v}' for k, v in cache.status.items()) or 'not used'}); best epoch {best}: "
-          f"{save_path / 'best.safetensors'}")
+          f"{', '.join(f'{k} {v}' for k, v in cache.status.items()) or 'not used'}); {kept_msg}")
     return rates

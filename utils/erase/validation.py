@@ -45,25 +45,32 @@ def check_validation(ctype_name: str, metric: str, csv: str, concepts: list[str]
     read_prompt_table(csv, empty_prompts="skip")  # a malformed CSV fails now, not after the edits are saved
     needs = {"q16_rate": "clip", "style_rate": "clip", "target_accuracy": "resnet"}.get(metric)
     if metric == "q16_rate":
-        from utils.score.q16 import DEFAULT_PROMPTS
+        from utils.score.q16 import VALIDATION_PROMPTS
 
-        dataset_path(DEFAULT_PROMPTS, "Q16 prompt embeddings")
+        dataset_path(VALIDATION_PROMPTS, "Q16 prompt embeddings")
     if needs:
         _check_hf_model(needs)
 
 
 def _check_hf_model(kind: str) -> None:
-    """With HF_HUB_OFFLINE set, a scorer model that is not cached fails now, not after the edits."""
+    """With HF_HUB_OFFLINE set, a scorer model that is not on this machine fails now, not after the edits."""
     import os
 
     if not os.environ.get("HF_HUB_OFFLINE"):
         return  # it will be downloaded when first used
+    if kind == "resnet":  # torchvision's ResNet-50 weights file, in torch hub's cache
+        from utils.score.resnet import find_weights
+
+        try:
+            find_weights(None, download=False)
+        except UserError as e:
+            raise UserError(f"validation: {e} (or pass --skip_validation)")
+        return
     from huggingface_hub import snapshot_download
 
     from utils.score.clip import DEFAULT_CLIP
-    from utils.score.objects import DEFAULT_RESNET
 
-    model_id = DEFAULT_CLIP if kind == "clip" else DEFAULT_RESNET
+    model_id = DEFAULT_CLIP
     try:
         snapshot_download(model_id, local_files_only=True)
     except Exception:
@@ -96,4 +103,4 @@ def validate_weights(pipe, weights: dict, folder, ctype_name: str, concepts: lis
     table = validation_table(csv, concepts, folder, vae_scale_factor(pipe))
     generate_table(pipe, table, folder, num_samples=num_samples, steps=steps, batch_size=batch_size,
                    progress=True, grid=True, sld=sld)
-    return score_run(folder, metric, concepts)
+    return score_run(folder, metric, concepts, validation=True)

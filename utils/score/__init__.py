@@ -198,6 +198,33 @@ def save_result(root, name: str, summary: dict, records: list[dict] | None = Non
     return out
 
 
+def download_file(url: str, target: Path) -> Path:
+    """Download `url` to `target` (torch hub's downloader: a temporary file, then a rename)."""
+    import torch
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.hub.download_url_to_file(url, str(target), progress=False)
+    return target
+
+
+def weights_file(given, default: Path, url: str, what: str, label: str, how: str, download: bool,
+                 needed_by: str = "LPIPS") -> Path:
+    """A weights file: the one given (must exist), else `default`, downloaded from `url` if allowed."""
+    if given is not None:
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise UserError(f"{label} {path} not found; {how}")
+        return path
+    if not default.is_file():
+        if not download:
+            raise UserError(f"{needed_by} needs {what}, not found at {default}; {how}")
+        try:
+            download_file(url, default)
+        except Exception as e:
+            raise UserError(f"{needed_by} needs {what}: not at {default} and the download failed ({type(e).__name__}); {how}")
+    return default
+
+
 def add_common_args(parser, model_default: str | None = None, what: str = "model") -> None:
     """`--model_id`, `--device`, `--batch_size`, `--save_path`, `--overwrite` shared by the evaluators."""
     import argparse

@@ -1,8 +1,11 @@
 """CLIP-based scores: CLIP score of images against their prompts, and zero-shot artist classification.
 
 Both load a CLIP model with transformers (`CLIPModel`, its image processor and tokenizer) from a Hub
-id or a local folder; the default is OpenAI's ViT-L/14 (`openai/clip-vit-large-patch14`), the model
-RECE's `execs/clip_score.py` uses ("large").
+id or a local folder. The CLIP score defaults to OpenAI's ViT-B/32 (`openai/clip-vit-base-patch32`),
+the model RECE's `execs/clip_score.py` runs by default (`--model_version base`); ViT-L/14
+(`openai/clip-vit-large-patch14`, its "large") is an option, and the model is recorded with every
+score. The artist classification is the toolkit's own metric (RECE has no counterpart that it runs)
+and uses ViT-L/14.
 
 - CLIP score (`clip_score`): for each image and the prompt it was generated from,
   `100 * max(cos(E_img, E_txt), 0)` with the projected CLIP embeddings (the torchmetrics /
@@ -28,7 +31,12 @@ from utils.score import (case_number_of, images_or_fail, load_pretrained, load_r
 if TYPE_CHECKING:
     import torch
 
-DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+CLIP_B32 = "openai/clip-vit-base-patch32"
+CLIP_L14 = "openai/clip-vit-large-patch14"
+# RECE's clip_score.py `--model_version` names
+CLIP_VERSIONS = {"base": CLIP_B32, "large": CLIP_L14}
+DEFAULT_CLIP_SCORE = CLIP_B32    # RECE's clip_score.py default ("base")
+DEFAULT_CLIP = CLIP_L14          # artist classification (the toolkit's own metric) and Q16
 DEFAULT_TEMPLATE = "a painting by {}"
 
 
@@ -101,7 +109,7 @@ def clip_score_values(image_emb, text_emb):
     return 100 * (F.normalize(image_emb, dim=-1) * F.normalize(text_emb, dim=-1)).sum(-1).clamp(min=0)
 
 
-def clip_score(root, prompts_path=None, *, clip: ClipBundle | None = None, model_id: str = DEFAULT_CLIP,
+def clip_score(root, prompts_path=None, *, clip: ClipBundle | None = None, model_id: str = DEFAULT_CLIP_SCORE,
                device=None, batch_size: int = 32, save: bool = True, save_path=None, overwrite: bool = False) -> dict:
     """Mean CLIP score of a run's images against the prompts they were generated from.
 

@@ -48,8 +48,12 @@ def _load_images(folder: Path, files) -> list:
     return out
 
 
-def score_run(folder, metric: str, concepts: list[str]) -> dict:
-    """{'rate': float, 'metric': metric, ...details} for the images of run folder `folder`."""
+def score_run(folder, metric: str, concepts: list[str], validation: bool = False) -> dict:
+    """{'rate': float, 'metric': metric, ...details} for the images of run folder `folder`.
+
+    `validation`: score as RECE's training-time validation does (Q16 with its original prompts,
+    `prompts.p`), else as its final evaluation (Q16 with the fine-tuned prompts).
+    """
     folder = Path(folder)
     if metric == "nudity_rate":
         from utils.score.nudity import score_folder
@@ -65,10 +69,11 @@ def score_run(folder, metric: str, concepts: list[str]) -> dict:
         return {"metric": metric, "rate": sum(rates.values()) / len(rates), "per_concept": rates,
                 "n_images": len(images)}
     if metric == "q16_rate":
-        from utils.score.q16 import score_q16
+        from utils.score.q16 import EVAL_PROMPTS, VALIDATION_PROMPTS, score_q16
 
-        s = score_q16(folder)
-        return {"metric": metric, "rate": s["rate"], "n_images": s.get("n_images"), "model_id": s.get("model_id")}
+        s = score_q16(folder, prompts_file=VALIDATION_PROMPTS if validation else EVAL_PROMPTS)
+        return {"metric": metric, "rate": s["rate"], "n_images": s.get("n_images"), "model_id": s.get("model_id"),
+                "prompts_file": s.get("prompts_file")}
     if metric == "style_rate":
         from utils.score.clip import classify_artists
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from utils.io import file_sha256
 from utils.errors import UserError
-from utils.score import case_number_of, image_folder, list_images, run_folder, save_result, slug
+from utils.score import case_number_of, image_folder, list_images, run_folder, save_result, slug, weights_file
 
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
@@ -91,14 +91,6 @@ def _build():
     return LPIPS()
 
 
-def _download(url: str, target: Path) -> Path:
-    import torch
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    torch.hub.download_url_to_file(url, str(target), progress=False)
-    return target
-
-
 def _installed_lpips_weights() -> Path | None:
     """`alex.pth` inside an installed `lpips` package, located without importing it (it needs torchvision)."""
     import importlib.util
@@ -114,23 +106,6 @@ def _installed_lpips_weights() -> Path | None:
     return None
 
 
-def _weights_file(given, default: Path, url: str, what: str, label: str, how: str, download: bool) -> Path:
-    """A weights file: the one given (must exist), else `default`, downloaded from `url` if allowed."""
-    if given is not None:
-        path = Path(given).expanduser()
-        if not path.is_file():
-            raise UserError(f"{label} {path} not found; {how}")
-        return path
-    if not default.is_file():
-        if not download:
-            raise UserError(f"LPIPS needs {what}, not found at {default}; {how}")
-        try:
-            _download(url, default)
-        except Exception as e:
-            raise UserError(f"LPIPS needs {what}: not at {default} and the download failed ({type(e).__name__}); {how}")
-    return default
-
-
 def find_weights(alexnet_weights=None, lpips_weights=None, download: bool = True) -> tuple[Path, Path]:
     import torch
 
@@ -138,9 +113,9 @@ def find_weights(alexnet_weights=None, lpips_weights=None, download: bool = True
                 f"(torchvision's AlexNet ImageNet weights) or pass --alexnet_weights FILE")
     how_lin = (f"download {LPIPS_URL} to ~/.cache/rece/{LPIPS_CACHE_FILE}, or `pip install --no-deps lpips==0.1.4` "
                f"(its weights file is read, its code is not imported), or pass --lpips_weights FILE")
-    alex = _weights_file(alexnet_weights, Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE, ALEXNET_URL,
+    alex = weights_file(alexnet_weights, Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE, ALEXNET_URL,
                          f"AlexNet weights {ALEXNET_FILE}", "LPIPS backbone weights", how_alex, download)
-    lin = _weights_file(lpips_weights, _installed_lpips_weights() or Path.home() / ".cache" / "rece" / LPIPS_CACHE_FILE,
+    lin = weights_file(lpips_weights, _installed_lpips_weights() or Path.home() / ".cache" / "rece" / LPIPS_CACHE_FILE,
                         LPIPS_URL, "its v0.1 linear weights alex.pth", "LPIPS linear weights", how_lin, download)
     return alex, lin
 
