@@ -1,7 +1,6 @@
 """execs/train_uce.py and train.py end to end on a tiny pipeline: outputs checked against docs/method.md §2-§3."""
 import json
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
@@ -226,17 +225,26 @@ def test_legacy_full_unet_pt_and_other_formats(model, tmp_path):
 
 
 class _Evil:
+    """Unpickling this runs `touch MARKER`: a checkpoint that would execute code when loaded."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
     def __reduce__(self):
         import os
-        return (os.system, ("touch " + str(Path(__file__).parent / "PWNED_MARKER"),))
+        return (os.system, ("touch " + self.marker,))
 
 
 def test_pickle_that_runs_code_is_refused(model, tmp_path):
-    marker = Path(__file__).parent / "PWNED_MARKER"
-    marker.unlink(missing_ok=True)
+    marker = tmp_path / "PWNED_MARKER"
     with open(tmp_path / "evil_legacy.pt", "wb") as f:  # old torch.save format: a bare pickle
-        pickle.dump({"x": _Evil()}, f)
-    torch.save({"x": _Evil()}, tmp_path / "evil_zip.pt")  # current format: zip with a pickle inside
+        pickle.dump({"x": _Evil(marker)}, f)
+    torch.save({"x": _Evil(marker)}, tmp_path / "evil_zip.pt")  # current format: zip with a pickle inside
+    # the files do run code when unpickled without weights_only (else the test could not fail)
+    with open(tmp_path / "evil_legacy.pt", "rb") as f:
+        pickle.load(f)
+    assert marker.exists()
+    marker.unlink()
     for name in ("evil_legacy.pt", "evil_zip.pt"):
         r = run_script("train.py", "--concepts", "nudity", "--concept_type", "nudity", "--target_ckpt",
                        tmp_path / name, "--model_id", model["dir"], "--save_path", tmp_path / "out",
