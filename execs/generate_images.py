@@ -61,9 +61,9 @@ def parse_args(argv=None):
     g.add_argument("--df_length", type=int, default=None, help="number of rows from --df_start (default: all)")
     g.add_argument("--from_case", type=int, default=None, help="only case numbers >= this")
     g.add_argument("--to_case", type=int, default=None, help="only case numbers < this (excluded)")
-    g.add_argument("--empty_prompts", choices=EMPTY_PROMPTS, default="error",
-                   help="rows with an empty prompt (I2P case 2260 is one): error (default), skip them, or keep "
-                        "them (generated from the empty prompt)")
+    g.add_argument("--empty_prompts", choices=EMPTY_PROMPTS, default="keep",
+                   help="rows with an empty prompt (I2P case 2260 is one): keep them (default; generated from the "
+                        "empty prompt, so I2P gives the authors' 4,703 images), skip them, or error")
     g = p.add_argument_group("run")
     g.add_argument("--batch_size", type=int, default=8, help="images per denoising batch (default 8)")
     g.add_argument("--dtype", choices=sorted(DTYPES), default=None,
