@@ -1,6 +1,6 @@
 """Nudity rate of a folder of generated images with NudeNet (docs/method.md §6), and the paper's table row.
 
-    python compute_nudity_rate.py --root results/sd14_i2p
+    python compute_nudity_rate.py --root runs/i2p-rece/nudity
 
 Reads `ROOT/imgs` (or ROOT itself when it has no `imgs/`), runs NudeNet 3.x's bundled 320n detector
 in batches, and writes into ROOT:

@@ -1,7 +1,7 @@
 """Generate images for every row of a prompt CSV (docs/method.md §5), seeded per row, batched, resumable.
 
-    python execs/generate_images.py --prompts_path dataset/coco_30k.csv --concept coco_erasednudity \
-        --save_path results --ckpt runs/rece-nudity/rece.safetensors --df_length 10000 --df_start 10000
+    python execs/generate_images.py --prompts_path dataset/coco_30k.csv --concept coco \
+        --save_path runs/coco-rece --ckpt runs/rece-nudity/best.safetensors --df_start 0 --df_length 10000
 
 Writes SAVE_PATH/CONCEPT (SAVE_PATH itself without --concept), as the authors' script does:
 config.json (first), imgs/{case_number}_{k}.png, prompts.csv (one row per image, written once all
