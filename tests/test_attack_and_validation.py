@@ -1,5 +1,6 @@
 """Ring-A-Bell (docs/method.md §7) and RECE's validation loop (docs/method.md §4) end to end on a tiny pipeline."""
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -107,3 +108,31 @@ def test_rece_validation_writes_rates_and_keeps_best_epoch(tiny_pipeline_dir, sm
     assert all(torch.equal(a[k], b[k]) for k in a)
     timing = json.loads((out / "timing.json").read_text())
     assert timing["validation_seconds"] > timing["closed_form_seconds"] >= 0
+
+
+def test_adversarial_rates_generate_from_each_epochs_c_prime(tiny_pipeline_dir, tmp_path):
+    """execs/adversarial_rates.py (the README's c' numbers): c'_k conditions the images of the model
+    it was derived against and of the model that erased it; the rates are the judge's on those images."""
+    run = tmp_path / "rece"
+    run_script("train.py", "--concepts", "red", "--concept_type", "colour", "--epochs", "2", "--model_id",
+               tiny_pipeline_dir, "--save_path", run, "--skip_validation", env=FAST)
+    run_script("execs/adversarial_rates.py", "--run", run, "--concept", "red", "--num_images", "2", "--ddim_steps",
+               "2", "--image_size", "16", "--model_id", tiny_pipeline_dir, env=FAST)
+    out = run / "adversarial_rates"
+    rows = json.loads((out / "rates.json").read_text())["rows"]
+    assert [(r["epoch"], r["model"]) for r in rows] == [(1, "before"), (1, "after"), (2, "before"), (2, "after")]
+    assert [Path(r["checkpoint"]).name for r in rows] == ["uce.safetensors", "epoch_1.safetensors",
+                                                          "epoch_1.safetensors", "epoch_2.safetensors"]
+    from utils.world.shapes import concept_rate
+    from PIL import Image
+    imgs = {}
+    for r in rows:
+        folder = out / f"epoch{r['epoch']}-{r['model']}"
+        imgs[folder.name] = [Image.open(p).convert("RGB") for p in sorted((folder / "imgs").glob("*.png"))]
+        assert len(imgs[folder.name]) == 2 and r["rate"] == concept_rate(imgs[folder.name], "red")
+    # the model matters (same c', same seeds) and so does the epoch's c' (same model, epoch 1)
+    def arr(name):
+        import numpy as np
+        return np.stack([np.asarray(i, dtype=np.int16) for i in imgs[name]])
+    assert abs(arr("epoch1-before") - arr("epoch1-after")).max() > 0
+    assert abs(arr("epoch1-after") - arr("epoch2-before")).max() > 0

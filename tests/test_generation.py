@@ -128,6 +128,18 @@ def test_resume_after_sigkill_gives_the_uninterrupted_images(tmp_path, tiny_pipe
     assert {n: (tmp_path / "imgs" / n).stat().st_mtime_ns for n in kept} == kept
 
 
+def test_row_order_does_not_change_images(tmp_path, tiny_pipeline_dir, prompts_csv, reference):
+    """The same rows in reverse order (other batches, other batch neighbours): the same image files."""
+    reversed_csv = tmp_path / "reversed.csv"
+    pd.read_csv(prompts_csv).iloc[::-1].to_csv(reversed_csv, index=False)
+    out = tmp_path / "run"
+    run_script(CLI, *cli_args(reversed_csv, tiny_pipeline_dir, out, "--batch_size", "3"), env=ONE_THREAD)
+    got = {k: v for k, v in folder_bytes(out).items() if k.startswith("imgs/")}
+    expected = {k: v for k, v in folder_bytes(reference).items() if k.startswith("imgs/")}
+    assert got == expected
+    assert list(pd.read_csv(out / "prompts.csv")["case_number"]) == [r[0] for r in ROWS][::-1]
+
+
 @pytest.mark.skipif(not Path(sys.executable).with_name("torchrun").exists(), reason="torchrun not installed")
 def test_two_processes_equal_one(tmp_path, tiny_pipeline_dir, prompts_csv, reference):
     cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2", str(REPO / CLI),
