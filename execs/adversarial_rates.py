@@ -1,6 +1,6 @@
 """How often RECE's closed-form adversarial embeddings bring the erased concept back (docs/method.md §3).
 
-    python execs/adversarial_rates.py --run runs/demo/rece --model_id shapes --concept red
+    python execs/adversarial_rates.py --run runs/rece-nudity --concept nudity --metric nudity_rate
 
 For each epoch k of the RECE run folder RUN, the adversarial embedding c'_k of `--concept`
 (RUN/adv_embeddings.safetensors, derived against the model before epoch k: the starting checkpoint
@@ -8,7 +8,7 @@ for k = 1, else epoch k-1) is the condition of `--num_images` images (seeds 0, 1
 models: the one c'_k was derived against ("before") and the epoch-k model that erased it ("after").
 Each set is scored with the run's validation metric (the judge's concept rate in the built-in shapes
 world). Writes RUN/adversarial_rates/: epoch{k}-{before,after}/ (images), rates.json and rates.md,
-and prints the table. These are the numbers the README quotes for the demo.
+and prints the table. The README's numbers for the demo: `--run runs/demo/rece --concept red`.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.errors import UserError, run_cli  # noqa: E402
+from utils.score.evaluation import METRICS  # noqa: E402
 from utils.models import add_model_args, resolve_device, resolve_model_id  # noqa: E402
 
 
@@ -28,7 +29,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a train.py run folder (adv_embeddings.safetensors, epoch_k.safetensors)")
     p.add_argument("--concept", required=True, help="the erased concept whose c' conditions the images")
-    p.add_argument("--metric", default=None, help="score metric (default: the run's validation metric, else "
+    p.add_argument("--metric", default=None, choices=METRICS, help="score metric (default: the run's validation metric, else "
                                                   "concept_rate, the shapes world's judge)")
     p.add_argument("--num_images", type=int, default=20, help="images per model and epoch (seeds 0..N-1)")
     p.add_argument("--ddim_steps", type=int, default=25, help="denoising steps (default 25, as the demo)")

@@ -5,13 +5,14 @@ diffusers. The server imports them once; each mutant's test run is a fork of it 
 project (the mutated file, fresh from disk) and runs pytest. The runner mutmut calls is this file's
 client, which starts with `python -S` in milliseconds and returns the tests' exit status.
 
-    python tests/mutation.py serve &                     # once (stop it with kill when done)
+    python tests/mutation.py serve                       # once, in another shell (Ctrl-C when done)
     mutmut run --paths-to-mutate utils/erase/closed_form.py \
         --runner "python -S tests/mutation.py client tests/test_closed_form.py"
     mutmut results
 
 The server never imports the project itself, so a fork always sees the current (mutated) source.
 """
+import argparse
 import os
 import socket
 import sys
@@ -48,7 +49,7 @@ def serve() -> None:
         os.unlink(SOCKET)
     server = socket.socket(socket.AF_UNIX)
     server.bind(SOCKET)
-    server.listen(1)
+    server.listen(8)
     print(f"mutation server ready on {SOCKET}", flush=True)
     while True:
         conn, _ = server.accept()
@@ -80,10 +81,19 @@ def serve() -> None:
                 pass  # mutmut timed the client out and closed the socket
 
 
-if __name__ == "__main__":
-    if len(sys.argv) >= 2 and sys.argv[1] == "serve":
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("mode", choices=("serve", "client"), help="serve: the fork server; client: mutmut's runner")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="client: the tests to run (pytest arguments)")
+    return p.parse_args(argv)
+
+
+def main(args) -> int:
+    if args.mode == "serve":
         serve()
-    elif len(sys.argv) >= 2 and sys.argv[1] == "client":
-        sys.exit(client(sys.argv[2:]))
-    else:
-        sys.exit(f"usage: {sys.argv[0]} serve | client PYTEST_ARGS...")
+        return 0
+    return client(args.pytest_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))

@@ -64,13 +64,14 @@ def test_command_parses(where, script, argv):
 # The commands run: README's in order, and every CLI docstring's example as one chain, on a tiny
 # random pipeline, a few rows of each dataset (a workspace whose dataset/ holds the small copies)
 # and tiny offline scorers. Budget flags are appended where the command does not set them:
-# --model_id <tiny> (generation and erasure CLIs), --ddim_steps 2, --device cpu, and for train.py's
+# --model_id <tiny> (generation and erasure CLIs), --ddim_steps 2, --image_size 16, --device cpu, and for train.py's
 # validation the concept type's default CSV from the workspace's dataset/.
 # ---------------------------------------------------------------------------------------------
 
 CLI_FILES = ["train.py", "compute_nudity_rate.py", "attack_methods/RingABell.py", "dataset/fetch.py"] + \
     sorted(str(p.relative_to(REPO)) for d in ("execs", "benchmarks") for p in (REPO / d).glob("*.py"))
-MODEL_CLIS = {"train.py", "execs/train_uce.py", "execs/generate_images.py", "attack_methods/RingABell.py"}
+MODEL_CLIS = {"train.py", "execs/train_uce.py", "execs/generate_images.py", "attack_methods/RingABell.py",
+              "execs/adversarial_rates.py"}
 # Docstring commands not run here, and why (each is run elsewhere or needs a large model).
 NOT_RUN = {
     "execs/train_shapes_model.py": "trains the shipped shapes model (30 min); tests/test_shapes.py trains a small one",
@@ -92,7 +93,7 @@ DOC_ORDER = ["dataset/fetch.py", "execs/train_uce.py", "train.py", "execs/genera
              "execs/compute_clip_score.py", "execs/compute_fid.py", "big-artists-sd", "big-artists-rece",
              "execs/compute_lpips.py", "execs/classify_artists.py", "imagenette-rece", "execs/classify_objects.py",
              "i2p-sd", "i2p-rece", "compute_nudity_rate.py", "execs/compute_q16.py", "execs/results_table.py",
-             "attack_methods/RingABell.py", "execs/shapes_data.py"]
+             "attack_methods/RingABell.py", "execs/adversarial_rates.py", "execs/shapes_data.py"]
 
 
 def docstring_commands() -> dict[str, list[list[str]]]:
@@ -117,6 +118,8 @@ def budget_flags(script: str, argv: list[str], tiny: Path) -> list[str]:
         extra += ["--model_id", str(tiny)]
     if "ddim_steps" in ns and "--ddim_steps" not in argv:
         extra += ["--ddim_steps", "2"]
+    if ns.get("image_size", 0) is None:
+        extra += ["--image_size", "16"]
     if "device" in ns and "--device" not in argv:
         extra += ["--device", "cpu"]
     if script == "train.py" and not ns["skip_validation"] and ns["test_csv_path"] is None:
