@@ -147,3 +147,20 @@ def test_singular_system_is_refused():
         cf.edit_factor(rand_pairs(1, rows=2), torch.zeros(D, D, dtype=torch.float64), 0.0)
     with pytest.raises(cf.SingularSystemError):
         cf.adversarial_embedding(torch.randn(77, D), torch.zeros(D, D), torch.zeros(D, D), 0.0)
+
+
+def test_singular_message_names_the_system_and_the_fix():
+    with pytest.raises(cf.SingularSystemError) as err:
+        cf.solve_spd(torch.zeros(3, 3), torch.ones(3, 1))
+    assert str(err.value) == ("the closed-form system is singular or not positive definite (minor 1 of 3); "
+                              "use a positive --lamb / --regular_scale")
+    with pytest.raises(cf.SingularSystemError) as err:
+        cf.adversarial_embedding(torch.randn(77, D), torch.zeros(D, D), torch.zeros(D, D), 0.0)
+    assert str(err.value).startswith("the close_regzero system is singular")
+
+
+def test_gram_sums_over_every_leading_dimension():
+    rows = torch.randn(3, 5, 4)
+    expected = sum(r.double().T @ r.double() for r in rows)
+    torch.testing.assert_close(cf.gram(rows), expected)
+    torch.testing.assert_close(cf.gram(rows[0]), rows[0].double().T @ rows[0].double())

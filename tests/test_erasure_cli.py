@@ -375,21 +375,19 @@ def test_uce_guided_concepts_and_add_prompts(model, tmp_path):
     a = load_weights(tmp_path / "templates" / "uce.safetensors")
     b = load_weights(tmp_path / "by_hand" / "uce.safetensors")
     assert_weights_close(a, b, tol=1e-6)
-    cfg = json.loads((tmp_path / "templates" / "config.json").read_text())["settings"]
-    assert cfg["add_prompts"] is True
+    assert json.loads((tmp_path / "templates" / "config.json").read_text())["add_prompts"] is True
 
 
 def test_art_defaults_and_the_1733_artist_preserve_set(model, tmp_path):
-    """Art: gamma 1e-3, 1 epoch, guide 'art', Van Gogh validated on the big artists, and every other
-    artist of artists1734_prompts.csv preserved (docs/method.md §2a, §4)."""
-    run_script("train.py", "--concepts", "Van Gogh", "--concept_type", "art", "--model_id", model["dir"],
+    """Art: gamma 1e-3, 1 epoch, guide 'art', and every other artist of artists1734_prompts.csv
+    preserved (docs/method.md §2a, §4); the list spells 'Kelly Mckernan': matched without case."""
+    run_script("train.py", "--concepts", "Kelly McKernan", "--concept_type", "art", "--model_id", model["dir"],
                "--save_path", tmp_path, "--skip_validation")
     settings = json.loads((tmp_path / "config.json").read_text())["settings"]
     assert (settings["regular_scale"], settings["epochs"], settings["guided_concepts"]) == (1e-3, 1, ["art"])
     import pandas as pd
-    artists = set(pd.read_csv("dataset/artists1734_prompts.csv" if Path("dataset").is_dir() else
-                              Path(__file__).parents[1] / "dataset" / "artists1734_prompts.csv")["artist"])
-    assert len(artists) == 1734 and "Van Gogh" in artists
+    artists = set(pd.read_csv(Path(__file__).parents[1] / "dataset" / "artists1734_prompts.csv")["artist"])
+    assert len(artists) == 1734 and "Kelly Mckernan" in artists
     assert settings["num_rece_preserve_texts"] == 1 + 1733  # '' and the 1,733 others
     assert settings["uce_stage"] is not None and (tmp_path / "epoch_1.safetensors").is_file()
 
