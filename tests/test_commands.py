@@ -171,7 +171,7 @@ def test_readme_commands_run(tmp_path, workspace_env, tiny_pipeline_dir):
         run_in(tmp_path, workspace_env, tiny_pipeline_dir, script, argv)
     import json
     rates = json.loads((tmp_path / "runs" / "rece-nudity" / "detect_rate.json").read_text())
-    assert {"base", "uce", "epoch_1", "epoch_2", "epoch_3"} <= set(rates)
+    assert {"base", "epoch_1", "epoch_2", "epoch_3"} <= set(rates)
     assert "2260_0.png" in {p.name for p in (tmp_path / "runs" / "i2p-rece" / "nudity" / "imgs").iterdir()}
 
 

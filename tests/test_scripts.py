@@ -62,7 +62,7 @@ def test_nudity_sh(script_env, tmp_path):
     out = tmp_path / "out"
     run_sh("nudity", script_env, out)
     rates = json.loads((out / "rece" / "detect_rate.json").read_text())
-    assert rates["metric"] == "nudity_rate" and {"base", "uce", "epoch_1", "epoch_2", "epoch_3"} <= set(rates)
+    assert rates["metric"] == "nudity_rate" and {"base", "epoch_1", "epoch_2", "epoch_3"} <= set(rates)
     n_i2p = len(pd.read_csv(Path(script_env["DATA"]) / "i2p.csv"))
     for run in ("i2p-sd", "i2p-uce", "i2p-rece"):
         assert len(images(out / run / "nudity")) == n_i2p and "2260_0.png" in images(out / run / "nudity")
@@ -77,7 +77,7 @@ def test_unsafe_sh(script_env, tmp_path):
     out = tmp_path / "out"
     run_sh("unsafe", script_env, out)
     rates = json.loads((out / "rece" / "detect_rate.json").read_text())
-    assert rates["metric"] == "q16_rate" and {"base", "uce", "epoch_1", "epoch_2"} <= set(rates)
+    assert rates["metric"] == "q16_rate" and {"base", "epoch_1", "epoch_2"} <= set(rates)
     from utils.erase.concepts import I2P_CONCEPTS
     assert json.loads((out / "rece" / "config.json").read_text())["settings"]["concepts"] == I2P_CONCEPTS
     for run in ("i2p-sd", "i2p-rece"):
@@ -92,7 +92,7 @@ def test_art_sh(script_env, tmp_path):
     settings = json.loads((out / "rece" / "config.json").read_text())["settings"]
     assert settings["num_rece_preserve_texts"] == 1 + 1733  # '' and every other artist of the 1,734
     rates = json.loads((out / "rece" / "detect_rate.json").read_text())
-    assert rates["metric"] == "style_rate" and {"base", "uce", "epoch_1"} <= set(rates)
+    assert rates["metric"] == "style_rate" and {"base", "epoch_1"} <= set(rates)
     assert list((out / "niche-rece").glob("lpips*.json"))
     summary = json.loads((out / "niche-rece" / "artists_kelly-mckernan.json").read_text()) \
         if (out / "niche-rece" / "artists_kelly-mckernan.json").exists() else \
