@@ -164,3 +164,15 @@ def test_gram_sums_over_every_leading_dimension():
     expected = sum(r.double().T @ r.double() for r in rows)
     torch.testing.assert_close(cf.gram(rows), expected)
     torch.testing.assert_close(cf.gram(rows[0]), rows[0].double().T @ rows[0].double())
+
+
+def test_default_scales_are_one():
+    """Without erase_scale / preserve_scale the edit solves docs/method.md §2 with s_e = s_p = 1."""
+    pairs = rand_pairs(2)
+    Cp = torch.randn(4, D, dtype=torch.float64)
+    P = Cp.T @ Cp
+    W0 = torch.randn(6, D, dtype=torch.float64)
+    left = 0.5 * W0 + sum((T @ W0.T).T @ C for C, T in pairs) + W0 @ P
+    right = 0.5 * torch.eye(D, dtype=torch.float64) + sum(C.T @ C for C, _ in pairs) + P
+    torch.testing.assert_close(W0 @ cf.edit_factor(pairs, P, 0.5) @ right, left)
+    torch.testing.assert_close(cf.closed_form_edit(W0, pairs, P, 0.5) @ right, left)
