@@ -176,3 +176,15 @@ def test_default_scales_are_one():
     right = 0.5 * torch.eye(D, dtype=torch.float64) + sum(C.T @ C for C, _ in pairs) + P
     torch.testing.assert_close(W0 @ cf.edit_factor(pairs, P, 0.5) @ right, left)
     torch.testing.assert_close(cf.closed_form_edit(W0, pairs, P, 0.5) @ right, left)
+
+
+def test_unknown_variants_are_named():
+    W0, P, e, S = torch.randn(3, D), torch.eye(D), torch.randn(77, D), torch.eye(D)
+    with pytest.raises(ValueError, match=r"^unknown technique 'x'$"):
+        cf.closed_form_edit(W0, [], P, 1.0, technique="x")
+    with pytest.raises(ValueError, match=r"^unknown reg_item 'x'$"):
+        cf.adversarial_embedding(e, S, S, 0.1, "close_surrogatereg", "x")
+    with pytest.raises(ValueError, match=r"^unknown emb_computing 'x'$"):
+        cf.adversarial_embedding(e, S, S, 0.1, "x")
+    with pytest.raises(ValueError, match=r"^close_standardreg needs the old target embedding E\(t\)$"):
+        cf.adversarial_embedding(e, S, S, 0.1, "close_standardreg")
