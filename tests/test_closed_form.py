@@ -188,3 +188,15 @@ def test_unknown_variants_are_named():
         cf.adversarial_embedding(e, S, S, 0.1, "x")
     with pytest.raises(ValueError, match=r"^close_standardreg needs the old target embedding E\(t\)$"):
         cf.adversarial_embedding(e, S, S, 0.1, "close_standardreg")
+
+
+def test_variant_names_and_surrogate_default_are_the_papers():
+    """The CLI's choices are the authors' names; close_surrogatereg's default regulariser is 'both'."""
+    assert cf.EMB_COMPUTING == ("close_regzero", "close_standardreg", "close_surrogatereg")
+    assert cf.REG_ITEMS == ("1st", "2nd", "both")
+    A = torch.randn(D, D, dtype=torch.float64)
+    S1, S2, e, g = A.T @ A + torch.eye(D, dtype=torch.float64), torch.randn(D, D, dtype=torch.float64), \
+        torch.randn(77, D, dtype=torch.float64), 0.1
+    I = torch.eye(D, dtype=torch.float64)
+    both = torch.linalg.solve((1 + g) * S1 + g * I, (S2 + g * S1 + g * I) @ e.T).T
+    torch.testing.assert_close(cf.adversarial_embedding(e, S1, S2, g, "close_surrogatereg"), both)
