@@ -51,7 +51,6 @@ def start_checkpoint(run: Path, settings: dict) -> Path | None:
 
 def main(args):
     import pandas as pd
-    import torch
     from safetensors.torch import load_file
 
     from utils.checkpoints import apply_edited_weights, load_checkpoint_into_unet
