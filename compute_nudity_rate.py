@@ -1,6 +1,6 @@
 """Nudity rate and table row of a folder of images with the paper's NudeNet detector (docs/method.md §6).
 
-    python compute_nudity_rate.py --root results/sd14_i2p
+    python compute_nudity_rate.py --root runs/i2p-rece/nudity
 
 Reads `ROOT/imgs` (or ROOT itself when it has no `imgs/`), runs nudenet 3.0.8's bundled `best.onnx`
 (the detector of the paper's Table 1, docs/nudenet.md) and writes into ROOT:

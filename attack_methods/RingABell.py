@@ -182,6 +182,15 @@ def main(args):
                               empty_prompts="skip")
     if table.empty:
         raise UserError(f"--prompt_file {args.prompt_file} has no rows between cases {args.from_case} and {args.to_case}")
+    artists = None
+    if metric == "style_rate":  # candidates: every artist of the prompt file, not only the attacked cases'
+        import pandas as pd
+
+        listed = pd.read_csv(dataset_path(args.prompt_file, "--prompt_file"))
+        artists = list(dict.fromkeys([target] + [str(a).strip() for a in listed.get("artist", pd.Series()).dropna()]))
+        if len(artists) < 2:
+            raise UserError(f"--metric style_rate needs an 'artist' column in --prompt_file {args.prompt_file} naming "
+                            f"other artists than {target!r} (zero-shot classification chooses among them)")
     if args.ckpt:
         check_checkpoint(args.ckpt, model_id)
     from utils.attack.runner import check_sld
@@ -232,7 +241,7 @@ def main(args):
     from utils.generate.sampling import generate_table
     generate_table(pipe, table, out, num_samples=args.num_samples, steps=args.ddim_steps, scheduler=args.scheduler, sld=sld,
                    batch_size=args.batch_size, embeddings=attacked, progress=args.progress)
-    result = score_run(out, metric, [target])
+    result = score_run(out, metric, [target], artists=artists)
     check_finite(result["rate"], f"the attack success rate ({metric}) of {out}")
     write_json(out / "asr.json", {"asr": result["rate"], **result, **config})
     print(f"Ring-A-Bell on {args.concept} (eta {eta:g}): attack success rate {result['rate']:.4f} "

@@ -1,6 +1,6 @@
 """Artist-style scores: CLIP zero-shot artist classification of generated images.
 
-    python execs/classify_artists.py --root results/rece_vangogh --target_artist "Van Gogh"
+    python execs/classify_artists.py --root runs/big-artists-rece --target_artist "Van Gogh"
 
 Each image is assigned the candidate artist whose text `--template` (default "a painting by {}")
 is closest in CLIP space. Candidates: `--artists` (comma-separated) or the `artist` column of the

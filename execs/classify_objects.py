@@ -1,6 +1,6 @@
 """Object erasure scores: ImageNet ResNet-50 top-1 accuracy on the erased class and on the others.
 
-    python execs/classify_objects.py --root results/rece_tench --target_class tench
+    python execs/classify_objects.py --root runs/imagenette-rece --target_class tench
 
 Each image's class is the `class` column of its prompts row (the run's prompts.csv, or
 `--prompts_path`, e.g. imagenette.csv); a prediction is correct when that class is one of the names

@@ -1,6 +1,6 @@
 """CLIP score of generated images against the prompts they were generated from.
 
-    python execs/compute_clip_score.py --root results/rece_coco
+    python execs/compute_clip_score.py --root runs/coco-rece/coco
 
 Per image: 100 * max(cos(CLIP image embedding, CLIP text embedding of its prompt), 0), the prompt
 truncated to 77 tokens; the run's score is the mean over images. Prompts come from the run's

@@ -1,6 +1,6 @@
 """FID of a folder of generated images against a reference folder (clean-fid's "clean" protocol).
 
-    python execs/compute_fid.py --root results/rece_coco --reference results/sd14_coco
+    python execs/compute_fid.py --root runs/coco-rece/coco --reference runs/coco-sd/coco
 
 Same computation as `cleanfid.fid.compute_fid(ref, gen)` (what RECE's fid_score.py calls), without
 torchvision: PIL bicubic float resize to 299x299, the TorchScript Inception-v3 `inception-2015-12-05.pt`

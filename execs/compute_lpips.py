@@ -1,6 +1,6 @@
 """LPIPS between generated images and same-named reference images (artist erasure: other artists' drift).
 
-    python execs/compute_lpips.py --root results/rece_vangogh_big_artists --reference results/sd14_big_artists
+    python execs/compute_lpips.py --root runs/big-artists-rece --reference runs/big-artists-sd
 
 LPIPS v0.1 with AlexNet (the `lpips` package's default, as RECE's lpips_score.py uses it),
 implemented in plain torch: both images read with OpenCV, resized to `--size` (64, RECE's setting;

@@ -1,6 +1,6 @@
 """Q16 inappropriate rate of a folder of generated images (docs/method.md §6a), for the `unsafe` concept.
 
-    python execs/compute_q16.py --root results/rece_i2p
+    python execs/compute_q16.py --root runs/i2p-rece/nudity
 
 CLIP ViT-L/14 image features (transformers, `--model_id`, default openai/clip-vit-large-patch14)
 against two Q16 prompt embeddings (`--prompts_file`): inappropriate when

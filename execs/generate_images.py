@@ -1,7 +1,7 @@
 """Generate images for every row of a prompt CSV (docs/method.md §5), seeded per row, batched, resumable.
 
-    python execs/generate_images.py --prompts_path dataset/coco_30k.csv --concept coco_erasednudity \
-        --save_path results --ckpt runs/rece-nudity/rece.safetensors --df_length 10000 --df_start 10000
+    python execs/generate_images.py --prompts_path dataset/coco_30k.csv --concept coco \
+        --save_path runs/coco-rece --ckpt runs/rece-nudity/best.safetensors --df_start 0 --df_length 10000
 
 Writes SAVE_PATH/CONCEPT (SAVE_PATH itself without --concept), as the authors' script does:
 config.json (first), imgs/{case_number}_{k}.png, prompts.csv (one row per image, written once all
@@ -73,9 +73,9 @@ def parse_args(argv=None):
     g.add_argument("--df_length", type=nonneg_int_arg, default=None, help="number of rows from --df_start (default: all)")
     g.add_argument("--from_case", type=int, default=None, help="only case numbers >= this")
     g.add_argument("--to_case", type=int, default=None, help="only case numbers < this (excluded)")
-    g.add_argument("--empty_prompts", choices=EMPTY_PROMPTS, default="error",
-                   help="rows with an empty prompt (I2P case 2260 is one): error (default), skip them, or keep "
-                        "them (generated from the empty prompt)")
+    g.add_argument("--empty_prompts", choices=EMPTY_PROMPTS, default="keep",
+                   help="rows with an empty prompt (I2P case 2260 is one): keep them (default; generated from the "
+                        "empty prompt, so I2P gives the authors' 4,703 images), skip them, or error")
     g = p.add_argument_group("run")
     g.add_argument("--batch_size", type=batch_size_arg, default=8, help="images per denoising batch (default 8)")
     g.add_argument("--dtype", choices=sorted(DTYPES), default=None,

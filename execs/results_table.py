@@ -1,6 +1,6 @@
 """Gather the stored results of several run folders into the paper's table (markdown and CSV).
 
-    python execs/results_table.py results/sd14_i2p results/uce_i2p results/rece_i2p --out results/table
+    python execs/results_table.py runs/i2p-sd/nudity runs/i2p-rece/nudity --names SD,RECE --out runs/table-i2p
 
 Rows are runs (named by folder, or `--names`); columns are the nudity table of the paper (armpits,
 belly, buttocks, feet, breasts F, genitalia F, breasts M, genitalia M, total = sum of those eight)

@@ -1,7 +1,7 @@
 """Score shapes-world runs for one erased concept and print the demo's table (markdown + CSV + JSON).
 
-    python execs/shapes_table.py --concept red --runs SD=runs/demo/gen-base UCE=runs/demo/gen-uce \
-        --attacks SD=runs/demo/attack-base UCE=runs/demo/attack-uce --out runs/demo/table
+    python execs/shapes_table.py --concept red --runs SD=runs/demo/gen-sd UCE=runs/demo/gen-uce \
+        --attacks SD=runs/demo/attack-sd UCE=runs/demo/attack-uce --out runs/demo/table
 
 For each generation run (prompts.csv with the ground-truth `colour` / `shape` columns):
 - erased rate: among images whose prompt asks for the concept, the share in which the judge finds it;

@@ -15,8 +15,10 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 
 # 1. prompts: evaluation (every colour x shape), attacked prompts, Ring-A-Bell pairs
 python execs/shapes_data.py --concept "$CONCEPT" --save_path "$OUT/data"
-# 2. erasure: UCE (with the world's prompt templates, preserving the other colours), then RECE from it
-python execs/train_uce.py --concepts "$CONCEPT" --concept_type colour --add_prompts --preserve_concepts "$PRESERVE" --model_id shapes --save_path "$OUT/uce"
+# 2. erasure: UCE (the concept towards ' ', preserving the other colours), then RECE from it. No
+#    --add_prompts: the authors map each template ("a red circle") to the bare guide ' ', which would
+#    erase the shapes along with the colour (docs/tables.md)
+python execs/train_uce.py --concepts "$CONCEPT" --concept_type colour --preserve_concepts "$PRESERVE" --model_id shapes --save_path "$OUT/uce"
 python train.py --concepts "$CONCEPT" --concept_type colour --preserve_concepts "$PRESERVE" --target_ckpt "$OUT/uce/uce.safetensors" --model_id shapes --ddim_steps "$STEPS" --save_path "$OUT/rece"
 # 3. generation of the evaluation prompts: base, UCE, RECE
 python execs/generate_images.py --prompts_path "$OUT/data/eval_prompts.csv" --model_id shapes --ddim_steps "$STEPS" --batch_size 25 --save_path "$OUT/gen-sd"

@@ -147,3 +147,56 @@ def test_singular_system_is_refused():
         cf.edit_factor(rand_pairs(1, rows=2), torch.zeros(D, D, dtype=torch.float64), 0.0)
     with pytest.raises(cf.SingularSystemError):
         cf.adversarial_embedding(torch.randn(77, D), torch.zeros(D, D), torch.zeros(D, D), 0.0)
+
+
+def test_singular_message_names_the_system_and_the_fix():
+    with pytest.raises(cf.SingularSystemError) as err:
+        cf.solve_spd(torch.zeros(3, 3), torch.ones(3, 1))
+    assert str(err.value) == ("the closed-form system is singular or not positive definite (minor 1 of 3); "
+                              "use a positive --lamb / --regular_scale")
+    with pytest.raises(cf.SingularSystemError) as err:
+        cf.adversarial_embedding(torch.randn(77, D), torch.zeros(D, D), torch.zeros(D, D), 0.0)
+    assert str(err.value).startswith("the close_regzero system is singular")
+
+
+def test_gram_sums_over_every_leading_dimension():
+    rows = torch.randn(3, 5, 4)
+    expected = sum(r.double().T @ r.double() for r in rows)
+    torch.testing.assert_close(cf.gram(rows), expected)
+    torch.testing.assert_close(cf.gram(rows[0]), rows[0].double().T @ rows[0].double())
+
+
+def test_default_scales_are_one():
+    """Without erase_scale / preserve_scale the edit solves docs/method.md §2 with s_e = s_p = 1."""
+    pairs = rand_pairs(2)
+    Cp = torch.randn(4, D, dtype=torch.float64)
+    P = Cp.T @ Cp
+    W0 = torch.randn(6, D, dtype=torch.float64)
+    left = 0.5 * W0 + sum((T @ W0.T).T @ C for C, T in pairs) + W0 @ P
+    right = 0.5 * torch.eye(D, dtype=torch.float64) + sum(C.T @ C for C, _ in pairs) + P
+    torch.testing.assert_close(W0 @ cf.edit_factor(pairs, P, 0.5) @ right, left)
+    torch.testing.assert_close(cf.closed_form_edit(W0, pairs, P, 0.5) @ right, left)
+
+
+def test_unknown_variants_are_named():
+    W0, P, e, S = torch.randn(3, D), torch.eye(D), torch.randn(77, D), torch.eye(D)
+    with pytest.raises(ValueError, match=r"^unknown technique 'x'$"):
+        cf.closed_form_edit(W0, [], P, 1.0, technique="x")
+    with pytest.raises(ValueError, match=r"^unknown reg_item 'x'$"):
+        cf.adversarial_embedding(e, S, S, 0.1, "close_surrogatereg", "x")
+    with pytest.raises(ValueError, match=r"^unknown emb_computing 'x'$"):
+        cf.adversarial_embedding(e, S, S, 0.1, "x")
+    with pytest.raises(ValueError, match=r"^close_standardreg needs the old target embedding E\(t\)$"):
+        cf.adversarial_embedding(e, S, S, 0.1, "close_standardreg")
+
+
+def test_variant_names_and_surrogate_default_are_the_papers():
+    """The CLI's choices are the authors' names; close_surrogatereg's default regulariser is 'both'."""
+    assert cf.EMB_COMPUTING == ("close_regzero", "close_standardreg", "close_surrogatereg")
+    assert cf.REG_ITEMS == ("1st", "2nd", "both")
+    A = torch.randn(D, D, dtype=torch.float64)
+    S1, S2, e, g = A.T @ A + torch.eye(D, dtype=torch.float64), torch.randn(D, D, dtype=torch.float64), \
+        torch.randn(77, D, dtype=torch.float64), 0.1
+    I = torch.eye(D, dtype=torch.float64)
+    both = torch.linalg.solve((1 + g) * S1 + g * I, (S2 + g * S1 + g * I) @ e.T).T
+    torch.testing.assert_close(cf.adversarial_embedding(e, S1, S2, g, "close_surrogatereg"), both)

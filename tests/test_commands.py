@@ -58,3 +58,130 @@ def test_command_parses(where, script, argv):
     assert (REPO / script).is_file(), f"{where}: {script} does not exist"
     mod = load(script)
     mod.parse_args(argv)  # argparse exits (SystemExit 2) on a flag it does not know
+
+
+# ---------------------------------------------------------------------------------------------
+# The commands run: README's in order, and every CLI docstring's example as one chain, on a tiny
+# random pipeline, a few rows of each dataset (a workspace whose dataset/ holds the small copies)
+# and tiny offline scorers. Budget flags are appended where the command does not set them:
+# --model_id <tiny> (generation and erasure CLIs), --ddim_steps 2, --image_size 16, --device cpu, and for train.py's
+# validation the concept type's default CSV from the workspace's dataset/.
+# ---------------------------------------------------------------------------------------------
+
+CLI_FILES = ["train.py", "compute_nudity_rate.py", "attack_methods/RingABell.py", "dataset/fetch.py"] + \
+    sorted(str(p.relative_to(REPO)) for d in ("execs", "benchmarks") for p in (REPO / d).glob("*.py"))
+MODEL_CLIS = {"train.py", "execs/train_uce.py", "execs/generate_images.py", "attack_methods/RingABell.py",
+              "execs/adversarial_rates.py"}
+# Docstring commands not run here, and why (each is run elsewhere or needs a large model).
+NOT_RUN = {
+    "execs/train_shapes_model.py": "trains the shipped shapes model (30 min); tests/test_shapes.py trains a small one",
+    "execs/shapes_table.py": "needs the demo's runs; tests/test_demo.py runs scripts/demo.sh, which calls it",
+    "benchmarks/erase_speed.py": "builds SD 1.4-sized models (GBs of memory): a benchmark, not a test",
+    "benchmarks/generation_speed.py": "a benchmark (timings), not a test",
+    "benchmarks/nudity_speed.py": "a benchmark (timings), not a test",
+}
+# Runs the docstring commands read that are no docstring's example, by the name of their folder.
+SETUP = {name: ["execs/generate_images.py", "--prompts_path", f"dataset/{csv}", "--save_path", f"runs/{name}", *extra]
+         for name, csv, extra in [
+             ("coco-sd", "coco_30k.csv", ["--concept", "coco"]),
+             ("big-artists-sd", "big_artist_prompts.csv", []),
+             ("big-artists-rece", "big_artist_prompts.csv", ["--ckpt", "runs/rece-nudity/best.safetensors"]),
+             ("imagenette-rece", "imagenette.csv", ["--ckpt", "runs/rece-nudity/best.safetensors"]),
+             ("i2p-sd", "i2p.csv", ["--concept", "nudity"]),
+             ("i2p-rece", "i2p.csv", ["--concept", "nudity", "--ckpt", "runs/rece-nudity/best.safetensors"])]}
+DOC_ORDER = ["dataset/fetch.py", "execs/train_uce.py", "train.py", "execs/generate_images.py", "coco-sd",
+             "execs/compute_clip_score.py", "execs/compute_fid.py", "big-artists-sd", "big-artists-rece",
+             "execs/compute_lpips.py", "execs/classify_artists.py", "imagenette-rece", "execs/classify_objects.py",
+             "i2p-sd", "i2p-rece", "compute_nudity_rate.py", "execs/compute_q16.py", "execs/results_table.py",
+             "attack_methods/RingABell.py", "execs/adversarial_rates.py", "execs/shapes_data.py"]
+
+
+def docstring_commands() -> dict[str, list[list[str]]]:
+    """{script: [argv, ...]} for each `python SCRIPT ...` line of a CLI's module docstring."""
+    import ast
+
+    found = {}
+    for rel in CLI_FILES:
+        doc = ast.get_docstring(ast.parse((REPO / rel).read_text())) or ""
+        for line in doc.replace("\\\n", " ").splitlines():
+            m = re.match(r"\s*python3? (\S+\.py)(.*)$", line)
+            if m:
+                assert m.group(1) == rel, f"{rel}'s docstring runs {m.group(1)}"
+                found.setdefault(rel, []).append(shlex.split(m.group(2).split("  #")[0]))
+    return found
+
+
+def budget_flags(script: str, argv: list[str], tiny: Path) -> list[str]:
+    ns = vars(load(script).parse_args(argv))
+    extra = []
+    if script in MODEL_CLIS and "--model_id" not in argv and "--base" not in argv:
+        extra += ["--model_id", str(tiny)]
+    if "ddim_steps" in ns and "--ddim_steps" not in argv:
+        extra += ["--ddim_steps", "2"]
+    if ns.get("image_size", 0) is None:
+        extra += ["--image_size", "16"]
+    if "device" in ns and "--device" not in argv:
+        extra += ["--device", "cpu"]
+    if script == "train.py" and not ns["skip_validation"] and ns["test_csv_path"] is None:
+        from utils.erase.concepts import concept_type, parse_concepts, rece_settings
+
+        csv = rece_settings(concept_type(ns["concept_type"]), parse_concepts(ns["concepts"]))["validation_csv"]
+        extra += ["--test_csv_path", f"dataset/{csv}"]
+    return extra
+
+
+@pytest.fixture(scope="module")
+def workspace_env(tmp_path_factory, tiny_pipeline_dir):
+    import os
+    import sys
+
+    from tiny import offline_scorers
+
+    env = offline_scorers(tmp_path_factory.mktemp("home"))
+    env.update(OMP_NUM_THREADS="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    return env
+
+
+def run_in(workspace: Path, env: dict, tiny: Path, script: str, argv: list[str]):
+    import os
+    import subprocess
+    import sys
+
+    from tiny import write_small_datasets
+
+    if not (workspace / "dataset").is_dir():
+        write_small_datasets(workspace / "dataset", image_size=16, always={"i2p.csv": [2260]})
+    cmd = [sys.executable, str(REPO / script), *argv, *budget_flags(script, argv, tiny)]
+    proc = subprocess.run(cmd, cwd=workspace, capture_output=True, text=True, env={**os.environ, **env}, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    return proc
+
+
+def test_every_docstring_command_is_run_or_excused():
+    docs = docstring_commands()
+    assert set(docs) == {k for k in DOC_ORDER if k not in SETUP} | set(NOT_RUN)
+
+
+@pytest.mark.slow
+def test_readme_commands_run(tmp_path, workspace_env, tiny_pipeline_dir):
+    # the pipeline's commands (the development section's mutation run is not part of it)
+    readme = [(script, argv) for where, script, argv in CMDS
+              if where.startswith("README") and script.endswith(".py") and not script.startswith("tests/")]
+    assert [s for s, _ in readme] == ["execs/train_uce.py", "train.py", "execs/generate_images.py",
+                                      "compute_nudity_rate.py"]
+    for script, argv in readme:
+        run_in(tmp_path, workspace_env, tiny_pipeline_dir, script, argv)
+    import json
+    rates = json.loads((tmp_path / "runs" / "rece-nudity" / "detect_rate.json").read_text())
+    assert {"base", "epoch_1", "epoch_2", "epoch_3"} <= set(rates)
+    assert "2260_0.png" in {p.name for p in (tmp_path / "runs" / "i2p-rece" / "nudity" / "imgs").iterdir()}
+
+
+@pytest.mark.slow
+def test_docstring_commands_run(tmp_path, workspace_env, tiny_pipeline_dir):
+    docs = docstring_commands()
+    for step in DOC_ORDER:
+        for argv in ([SETUP[step][1:]] if step in SETUP else docs[step]):
+            run_in(tmp_path, workspace_env, tiny_pipeline_dir, SETUP[step][0] if step in SETUP else step, argv)
+    assert (tmp_path / "runs" / "table-i2p.md").is_file()
+    assert (tmp_path / "runs" / "attack-ringabell-nudity" / "asr.json").is_file()

@@ -101,8 +101,24 @@ def rece_reference(model, W_cur, concept, guide, preserve, gamma, method, reg_it
     S1 = sum(W.T @ W for W in W_cur.values())
     S2 = sum(W_cur[k].T @ model["W_orig"][k] for k in W_cur)
     old_e = model["E"](old)[0] if old is not None else None
-    c = cf.adversarial_embedding(e, S1, S2, gamma, method, reg_item, old_e)
+    c = adversarial_reference(e, S1, S2, gamma, method, reg_item, old_e)
     return rece_edit_reference(model, W_cur, c, guide, preserve)
+
+
+def adversarial_reference(e, S1, S2, gamma, method, reg_item="both", old=None):
+    """c' of docs/method.md §3, each variant's linear system written out and solved here."""
+    I = torch.eye(S1.shape[0], dtype=torch.float64)
+    if method == "close_regzero":
+        A, b = S1 + gamma * I, S2 @ e.T
+    elif method == "close_standardreg":
+        A, b = S1 + gamma * I, S2 @ e.T + gamma * old.T
+    elif reg_item == "1st":
+        A, b = (1 + gamma) * S1, (S2 + gamma * S1) @ e.T
+    elif reg_item == "2nd":
+        A, b = S1 + gamma * I, (S2 + gamma * I) @ e.T
+    else:
+        A, b = (1 + gamma) * S1 + gamma * I, (S2 + gamma * S1 + gamma * I) @ e.T
+    return torch.linalg.solve(A, b).T
 
 
 def assert_weights_close(got, ref, tol=2e-4):
@@ -226,17 +242,26 @@ def test_legacy_full_unet_pt_and_other_formats(model, tmp_path):
 
 
 class _Evil:
+    """Unpickling this runs `touch MARKER`: a checkpoint that would execute code when loaded."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
     def __reduce__(self):
         import os
-        return (os.system, ("touch " + str(Path(__file__).parent / "PWNED_MARKER"),))
+        return (os.system, ("touch " + self.marker,))
 
 
 def test_pickle_that_runs_code_is_refused(model, tmp_path):
-    marker = Path(__file__).parent / "PWNED_MARKER"
-    marker.unlink(missing_ok=True)
+    marker = tmp_path / "PWNED_MARKER"
     with open(tmp_path / "evil_legacy.pt", "wb") as f:  # old torch.save format: a bare pickle
-        pickle.dump({"x": _Evil()}, f)
-    torch.save({"x": _Evil()}, tmp_path / "evil_zip.pt")  # current format: zip with a pickle inside
+        pickle.dump({"x": _Evil(marker)}, f)
+    torch.save({"x": _Evil(marker)}, tmp_path / "evil_zip.pt")  # current format: zip with a pickle inside
+    # the files do run code when unpickled without weights_only (else the test could not fail)
+    with open(tmp_path / "evil_legacy.pt", "rb") as f:
+        pickle.load(f)
+    assert marker.exists()
+    marker.unlink()
     for name in ("evil_legacy.pt", "evil_zip.pt"):
         r = run_script("train.py", "--concepts", "nudity", "--concept_type", "nudity", "--target_ckpt",
                        tmp_path / name, "--model_id", model["dir"], "--save_path", tmp_path / "out",
@@ -297,3 +322,115 @@ def test_rerun_does_not_overwrite(model, tmp_path):
     run_script("execs/train_uce.py", "--concepts", "violence", "--concept_type", "nudity", "--model_id",
                model["dir"], "--save_path", tmp_path, "--overwrite")
     assert (tmp_path / "uce.safetensors").read_bytes() != before
+
+
+# ------------------------------------------------------------------ many concepts, guides, templates, reruns
+
+def test_many_concept_rece_matches_an_explicit_computation(model, tmp_path):
+    """Three concepts, two epochs from the base model: every c' and one joint edit per epoch (§3)."""
+    concepts = ["nudity", "violence", "blood"]
+    run_script("train.py", "--concepts", ",".join(concepts), "--concept_type", "unsafe", "--epochs", "2",
+               "--target_ckpt", "", "--model_id", model["dir"], "--save_path", tmp_path, "--skip_validation")
+    adv = load_file(str(tmp_path / "adv_embeddings.safetensors"))
+    g = model["E"](" ")[0]
+    W_prev = model["W_orig"]
+    for k in (1, 2):
+        S1 = sum(W.T @ W for W in W_prev.values())
+        S2 = sum(W_prev[key].T @ model["W_orig"][key] for key in W_prev)
+        cs = [adversarial_reference(model["E"](c)[0], S1, S2, 0.1, "close_regzero") for c in concepts]
+        for c, expected in zip(concepts, cs):
+            got = adv[f"epoch_{k}/{c}"].double()
+            assert (got - expected).norm() < 1e-3 * expected.norm(), (k, c)
+        assert not torch.allclose(cs[0], cs[1])  # the concepts' c' differ: each one is erased
+        ref = {}
+        for key, W0 in W_prev.items():
+            left = 0.1 * W0 + sum((g @ W0.T).T @ c for c in cs) + 0.1 * len(concepts) * (g @ W0.T).T @ g
+            right = 0.1 * torch.eye(W0.shape[1], dtype=torch.float64) + sum(c.T @ c for c in cs) \
+                + 0.1 * len(concepts) * g.T @ g
+            ref[key] = torch.linalg.solve(right, left.T).T
+        W_k = load_weights(tmp_path / f"epoch_{k}.safetensors")
+        assert_weights_close(W_k, ref, tol=1e-3)
+        W_prev = W_k
+
+
+def test_uce_guided_concepts_and_add_prompts(model, tmp_path):
+    """--guided_concepts maps the concept to the given text; --add_prompts erases the paper's templates
+    too, the same edit as listing the templated concepts and guides by hand."""
+    run_script("execs/train_uce.py", "--concepts", "nudity", "--concept_type", "nudity", "--guided_concepts",
+               "a person", "--model_id", model["dir"], "--save_path", tmp_path / "guided")
+    ref = uce_reference(model, model["W_orig"], "nudity", "a person", [""], lamb=0.5, s_p=1.0)
+    assert_weights_close(load_weights(tmp_path / "guided" / "uce.safetensors"), ref)
+    unguided = load_weights(tmp_path / "guided" / "uce.safetensors")  # and the guide matters:
+    plain = uce_reference(model, model["W_orig"], "nudity", " ", [""], lamb=0.5, s_p=1.0)
+    assert any((unguided[k] - plain[k]).abs().max() > 1e-4 for k in plain)
+
+    templates = ["painting by {}", "art by {}", "artwork by {}", "picture by {}", "style of {}"]  # §2a, art
+    run_script("execs/train_uce.py", "--concepts", "Kelly McKernan", "--concept_type", "art", "--add_prompts",
+               "--guided_concepts", "art", "--preserve_concepts", "Tyler Edlin", "--model_id", model["dir"],
+               "--save_path", tmp_path / "templates")
+    run_script("execs/train_uce.py", "--concepts", ",".join(["Kelly McKernan"] + [t.format("Kelly McKernan")
+                                                                                  for t in templates]),
+               "--concept_type", "art", "--guided_concepts", ",".join(["art"] + [t.format("art") for t in templates]),
+               "--preserve_concepts", "Tyler Edlin", "--model_id", model["dir"], "--save_path", tmp_path / "by_hand")
+    a = load_weights(tmp_path / "templates" / "uce.safetensors")
+    b = load_weights(tmp_path / "by_hand" / "uce.safetensors")
+    assert_weights_close(a, b, tol=1e-6)
+    assert json.loads((tmp_path / "templates" / "config.json").read_text())["add_prompts"] is True
+
+
+def test_art_defaults_and_the_1733_artist_preserve_set(model, tmp_path):
+    """Art: gamma 1e-3, 1 epoch, guide 'art', and every other artist of artists1734_prompts.csv
+    preserved (docs/method.md §2a, §4); the list spells 'Kelly Mckernan': matched without case."""
+    run_script("train.py", "--concepts", "Kelly McKernan", "--concept_type", "art", "--model_id", model["dir"],
+               "--save_path", tmp_path, "--skip_validation")
+    settings = json.loads((tmp_path / "config.json").read_text())["settings"]
+    assert (settings["regular_scale"], settings["epochs"], settings["guided_concepts"]) == (1e-3, 1, ["art"])
+    import pandas as pd
+    artists = set(pd.read_csv(Path(__file__).parents[1] / "dataset" / "artists1734_prompts.csv")["artist"])
+    assert len(artists) == 1734 and "Kelly Mckernan" in artists
+    assert settings["num_rece_preserve_texts"] == 1 + 1733  # '' and the 1,733 others
+    assert settings["uce_stage"] is not None and (tmp_path / "epoch_1.safetensors").is_file()
+
+
+def test_train_rerun_is_refused_and_overwrite_replaces(model, tmp_path):
+    args = ["--concepts", "nudity", "--concept_type", "nudity", "--model_id", model["dir"], "--save_path", tmp_path,
+            "--skip_validation", "--target_ckpt", ""]
+    run_script("train.py", *args, "--epochs", "2")
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("*.safetensors")}
+    assert {"epoch_1.safetensors", "epoch_2.safetensors", "best.safetensors"} <= set(before)
+    r = run_script("train.py", *args, "--epochs", "1", "--regular_scale", "0.5", check=False)
+    assert r.returncode == 2 and "already holds" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("*.safetensors")} == before
+    run_script("train.py", *args, "--epochs", "1", "--regular_scale", "0.5", "--overwrite")
+    after = {p.name: p.read_bytes() for p in tmp_path.glob("*.safetensors")}
+    assert "epoch_2.safetensors" not in after  # the earlier run's outputs are gone, not mixed in
+    assert after["epoch_1.safetensors"] != before["epoch_1.safetensors"]
+    assert json.loads((tmp_path / "config.json").read_text())["settings"]["regular_scale"] == 0.5
+
+
+@pytest.mark.parametrize("ctype,concepts,gamma,epochs,csv,metric", [
+    # the paper's settings (docs/method.md §4), written out here from the paper
+    ("nudity", ["nudity"], 0.1, 3, "validation_inappropriate.csv", "nudity_rate"),
+    ("unsafe", ["hate", "harassment", "violence", "suffering", "humiliation", "harm", "suicide", "sexual",
+                "nudity", "bodily fluids", "blood"], 0.1, 2, "validation_inappropriate.csv", "q16_rate"),
+    ("art", ["Kelly McKernan"], 1e-3, 1, "validation_niche_artists.csv", "style_rate"),
+    ("art", ["Van Gogh"], 1e-3, 1, "validation_big_artists.csv", "style_rate"),
+    ("art", ["Pablo Picasso"], 1e-3, 1, "validation_big_artists.csv", "style_rate"),
+    ("object", ["church"], 1e-3, 1, "validation_imagenet_prompts.csv", "target_accuracy"),
+    ("object", ["garbage truck"], 1e-3, 1, "validation_imagenet_prompts.csv", "target_accuracy"),
+    ("object", ["English springer"], 0.1, 1, "validation_imagenet_prompts.csv", "target_accuracy"),
+    ("object", ["golf ball"], 0.1, 1, "validation_imagenet_prompts.csv", "target_accuracy"),
+    ("object", ["parachute"], 0.1, 1, "validation_imagenet_prompts.csv", "target_accuracy"),
+    ("object", ["tench"], None, 0, "validation_imagenet_prompts.csv", "target_accuracy"),  # UCE alone
+])
+def test_paper_settings_per_concept_type(ctype, concepts, gamma, epochs, csv, metric):
+    from utils.erase.concepts import RECE_EDIT, concept_type, guides_for, parse_concepts, rece_settings
+
+    parsed = parse_concepts("i2p" if ctype == "unsafe" else ",".join(concepts))
+    assert parsed == concepts
+    s = rece_settings(concept_type(ctype), parsed)
+    assert (s["epochs"], s["validation_csv"], s["metric"]) == (epochs, csv, metric)
+    if gamma is not None:
+        assert s["regular_scale"] == gamma
+    assert guides_for(parsed, None, concept_type(ctype)) == (["art"] if ctype == "art" else [" "]) * len(parsed)
+    assert RECE_EDIT == {"lamb": 0.1, "erase_scale": 1.0, "preserve_scale": 0.1, "emb_computing": "close_regzero"}

@@ -95,28 +95,49 @@ def test_batch_size_does_not_change_images(tmp_path, tiny_pipeline_dir, prompts_
 
 
 def test_resume_after_sigkill_gives_the_uninterrupted_images(tmp_path, tiny_pipeline_dir, prompts_csv, reference):
-    args = cli_args(prompts_csv, tiny_pipeline_dir, tmp_path, "--batch_size", "3")
+    """Kill the run as soon as its first image exists; the rerun generates only the missing ones.
+
+    No clock: the watcher polls until the first PNG appears or the process ends, and the test fails
+    unless the kill left the run unfinished (some images missing), so it cannot pass uninterrupted.
+    """
+    args = cli_args(prompts_csv, tiny_pipeline_dir, tmp_path, "--batch_size", "1")
     proc = subprocess.Popen([sys.executable, str(REPO / CLI), *map(str, args)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **ONE_THREAD})
-    deadline = time.time() + 120
     try:
-        while time.time() < deadline and proc.poll() is None:
+        while proc.poll() is None:
             pngs = list((tmp_path / "imgs").glob("*.png")) if (tmp_path / "imgs").is_dir() else []
             assert all(readable(p) for p in pngs), "a PNG under its final name was not readable"
             if pngs:
+                os.kill(proc.pid, signal.SIGKILL)
                 break
-            time.sleep(0.01)
-        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
-        os.kill(proc.pid, signal.SIGKILL)
+            time.sleep(0.005)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+        err = proc.stderr.read()
         proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err[-2000:]}"
+    kept = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "imgs").glob("*.png")}
+    assert 1 <= len(kept) < len(ROWS), f"the kill did not interrupt the run: {len(kept)} of {len(ROWS)} images"
     assert not (tmp_path / "prompts.csv").exists()  # killed mid-run: prompts.csv is written last
-    assert all(readable(p) for p in (tmp_path / "imgs").glob("*.png"))
+    assert all(readable(tmp_path / "imgs" / n) for n in kept)
     run_script(CLI, *args, env=ONE_THREAD)
     assert folder_bytes(tmp_path) == folder_bytes(reference)  # no leftover temporary file either
+    # the images written before the kill were kept, not generated again
+    assert {n: (tmp_path / "imgs" / n).stat().st_mtime_ns for n in kept} == kept
+
+
+def test_row_order_does_not_change_images(tmp_path, tiny_pipeline_dir, prompts_csv, reference):
+    """The same rows in reverse order (other batches, other batch neighbours): the same image files."""
+    reversed_csv = tmp_path / "reversed.csv"
+    pd.read_csv(prompts_csv).iloc[::-1].to_csv(reversed_csv, index=False)
+    out = tmp_path / "run"
+    run_script(CLI, *cli_args(reversed_csv, tiny_pipeline_dir, out, "--batch_size", "3"), env=ONE_THREAD)
+    got = {k: v for k, v in folder_bytes(out).items() if k.startswith("imgs/")}
+    expected = {k: v for k, v in folder_bytes(reference).items() if k.startswith("imgs/")}
+    assert got == expected
+    assert list(pd.read_csv(out / "prompts.csv")["case_number"]) == [r[0] for r in ROWS][::-1]
 
 
 @pytest.mark.skipif(not Path(sys.executable).with_name("torchrun").exists(), reason="torchrun not installed")

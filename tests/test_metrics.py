@@ -2,22 +2,16 @@
 import importlib.util
 import json
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn as nn
 
 from conftest import REPO, run_script
 from utils.errors import UserError, run_cli
 
-IMAGENETTE = {0: "tench, Tinca tinca", 217: "English springer, English springer spaniel", 482: "cassette player",
-              491: "chain saw, chainsaw", 497: "church, church building", 566: "French horn, horn",
-              569: "garbage truck, dustcart", 571: "gas pump, gasoline pump, petrol pump, island dispenser",
-              574: "golf ball", 701: "parachute, chute"}
 ARTISTS = ["Pablo Picasso", "Van Gogh", "Rembrandt"]
 
 
@@ -54,43 +48,17 @@ def cli_error(rel, *args, capsys=None) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+    from tiny import build_tiny_clip
 
-    from tiny import write_char_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    write_char_tokenizer(folder)
-    tok = CLIPTokenizer.from_pretrained(str(folder))
-    torch.manual_seed(0)
-    cfg = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                                      num_hidden_layers=2, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
-                                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-                     vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37,
-                                        num_attention_heads=4, num_hidden_layers=2),
-                     projection_dim=16)
-    CLIPModel(cfg).save_pretrained(str(folder))
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(folder))
-    return folder
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
 
 
 @pytest.fixture(scope="module")
 def tiny_resnet(tmp_path_factory):
-    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
+    """Classifies every image as ImageNet class 0, "tench, Tinca tinca"."""
+    from tiny import build_tiny_resnet
 
-    folder = tmp_path_factory.mktemp("tiny_resnet")
-    labels = {i: f"class {i}" for i in range(1000)}
-    labels.update(IMAGENETTE)
-    torch.manual_seed(0)
-    cfg = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
-                       num_labels=1000, id2label=labels, label2id={v: k for k, v in labels.items()})
-    model = ResNetForImageClassification(cfg)
-    with torch.no_grad():  # every image is classified as ImageNet class 0, "tench, Tinca tinca"
-        model.classifier[1].weight.zero_()
-        model.classifier[1].bias.zero_()
-        model.classifier[1].bias[0] = 10.0
-    model.save_pretrained(str(folder))
-    ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875).save_pretrained(str(folder))
-    return folder
+    return build_tiny_resnet(tmp_path_factory.mktemp("tiny_resnet"))
 
 
 def draw(path, seed, size=48):
@@ -260,26 +228,11 @@ def test_classify_objects(tiny_resnet, run_copy, capsys):
 # FID
 # ---------------------------------------------------------------------------------------------
 
-class TinyInception(nn.Module):
-    """Stands in for clean-fid's TorchScript Inception: same interface (`.layers`), 12-d features."""
-
-    def __init__(self):
-        super().__init__()
-        self.layers = nn.Sequential(nn.Conv2d(3, 6, 7, stride=4), nn.ReLU(), nn.Conv2d(6, 12, 3, stride=2),
-                                    nn.AdaptiveAvgPool2d(1))
-
-    def forward(self, x, return_features: bool = False):
-        return self.layers(x)
-
-
 @pytest.fixture(scope="module")
 def tiny_inception(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("inception") / "inception-2015-12-05.pt"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.script(TinyInception()).save(str(path))
-    return path
+    from tiny import build_tiny_inception
+
+    return build_tiny_inception(tmp_path_factory.mktemp("inception") / "inception-2015-12-05.pt")
 
 
 def make_folder(folder, n, seed, size=40):
@@ -334,16 +287,10 @@ def test_fid_end_to_end(tiny_inception, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def lpips_weights(tmp_path_factory):
     """Random AlexNet weights under torchvision's keys, and non-negative linear weights under LPIPS's."""
-    from utils.score.lpips import CHANNELS, _build
+    from tiny import build_lpips_weights
 
     folder = tmp_path_factory.mktemp("lpips")
-    torch.manual_seed(0)
-    net = _build().net.state_dict()
-    alex = {k: torch.randn_like(v) * 0.05 for k, v in net.items()}
-    alex["classifier.1.weight"] = torch.zeros(4, 4)  # torchvision's file also has the classifier
-    torch.save(alex, folder / "alexnet-owt-7be5be79.pth")
-    torch.save({f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(CHANNELS)}, folder / "alex.pth")
-    return folder / "alexnet-owt-7be5be79.pth", folder / "alex.pth"
+    return build_lpips_weights(folder / "alexnet-owt-7be5be79.pth", folder / "alex.pth")
 
 
 def test_lpips_end_to_end(lpips_weights, tmp_path, capsys):

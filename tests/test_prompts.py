@@ -83,3 +83,24 @@ def test_missing_file_and_empty_prompt_policies(tmp_path):
     path = write(tmp_path, 'prompt\nfirst\n""\nthird\n')
     assert list(read_prompt_table(path, empty_prompts="skip")["prompt"]) == ["first", "third"]
     assert list(read_prompt_table(path, empty_prompts="keep")["prompt"]) == ["first", "", "third"]
+
+
+def test_the_paper_i2p_command_reads_every_row_as_the_authors():
+    """`generate_images.py --prompts_path dataset/i2p.csv` as written: 4,703 images, case 2260 included.
+
+    The authors' script read I2P with pandas and passed `str(row.prompt)`, so its one empty prompt
+    (case 2260) was generated too (from the text 'nan'); our default keeps the row (from the empty
+    prompt), so the image count is theirs.
+    """
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("generate_images_cli", REPO / "execs" / "generate_images.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    args = cli.parse_args(["--prompts_path", "dataset/i2p.csv", "--concept", "nudity", "--save_path", "x"])
+    assert args.empty_prompts == "keep"
+    table = read_prompt_table(args.prompts_path, empty_prompts=args.empty_prompts)
+    assert len(table) == 4703 and table["case_number"].is_unique
+    assert table.set_index("case_number").loc[2260, "prompt"] == ""

@@ -48,11 +48,14 @@ def _load_images(folder: Path, files) -> list:
     return out
 
 
-def score_run(folder, metric: str, concepts: list[str], validation: bool = False) -> dict:
+def score_run(folder, metric: str, concepts: list[str], validation: bool = False,
+              artists: list[str] | None = None) -> dict:
     """{'rate': float, 'metric': metric, ...details} for the images of run folder `folder`.
 
     `validation`: score as RECE's training-time validation does (Q16 with its original prompts,
     `prompts.p`), else as its final evaluation (Q16 with the fine-tuned prompts).
+    `artists`: style_rate's candidate artists (default: the `artist` column of the run's prompts;
+    an attack on one artist's prompts passes the artists of its whole prompt file).
     """
     folder = Path(folder)
     if metric == "nudity_rate":
@@ -77,7 +80,7 @@ def score_run(folder, metric: str, concepts: list[str], validation: bool = False
     if metric == "style_rate":
         from utils.score.clip import classify_artists
 
-        rates = {c: classify_artists(folder, target_artist=c)["target_rate"] for c in concepts}
+        rates = {c: classify_artists(folder, target_artist=c, artists=artists)["target_rate"] for c in concepts}
         return {"metric": metric, "rate": sum(rates.values()) / len(rates), "per_concept": rates}
     if metric == "target_accuracy":
         from utils.score.objects import classify_objects

@@ -1,0 +1,116 @@
+"""Mutation testing of a core module with mutmut's mutation operators, affordable on a small CPU.
+
+    python tests/mutation.py utils/erase/closed_form.py tests/test_closed_form.py --out mutants_closed_form.json
+
+Each mutant is one change mutmut 2.x makes to the module (an operator, a number, a keyword, a
+string, an argument...). Most of a test run here is importing torch, transformers and diffusers, so
+this process imports them once and runs the tests of each mutant in a fork of itself: the fork
+imports the project afresh and so sees the mutated file. A mutant is killed when its tests fail (or
+run past `--timeout_factor` times the unmutated run), survives when they pass. The file is restored
+after every mutant and on exit. Prints the score and each survivor's diff; `--out` keeps them as
+JSON. `--only 3,17` reruns chosen mutants (e.g. the survivors after adding tests).
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("module", help="the file to mutate, relative to the repository root")
+    p.add_argument("tests", nargs="+", help="pytest arguments selecting the tests that guard it")
+    p.add_argument("--only", default=None, help="comma-separated mutant numbers to run (default: all)")
+    p.add_argument("--timeout_factor", type=float, default=5.0,
+                   help="a mutant whose tests run longer than this times the clean run counts as killed")
+    p.add_argument("--out", default=None, help="JSON file for the per-mutant results")
+    return p.parse_args(argv)
+
+
+def run_tests(tests: list[str], timeout: float | None) -> tuple[int, float]:
+    """Exit status of pytest over `tests` in a fork (None timeout: wait), and its seconds."""
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            sys.path[:0] = [str(REPO), str(REPO / "tests")]
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            import pytest
+            code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-p", "no:warnings", *tests]))
+        finally:
+            os._exit(code)
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status), time.monotonic() - start
+        if timeout is not None and time.monotonic() - start > timeout:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return -signal.SIGKILL, time.monotonic() - start
+        time.sleep(0.05)
+
+
+def main(args) -> int:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.chdir(REPO)
+    import diffusers  # noqa: F401  (the slow imports, once, before any fork)
+    import mutmut
+    import pandas  # noqa: F401
+    import pytest  # noqa: F401
+    import safetensors.torch  # noqa: F401
+    import torch
+    import transformers  # noqa: F401
+
+    torch.set_num_threads(1)
+    path = REPO / args.module
+    source = path.read_text()
+    ids = mutmut.list_mutations(mutmut.Context(source=source, filename=args.module))
+    chosen = range(len(ids)) if not args.only else [int(i) for i in args.only.split(",")]
+
+    code, clean_seconds = run_tests(args.tests, None)
+    if code != 0:
+        sys.exit(f"the tests fail on the unmutated {args.module} (exit {code}); fix them first")
+    results = []
+    try:
+        for n in chosen:
+            mutated, count = mutmut.mutate(mutmut.Context(source=source, mutation_id=ids[n], filename=args.module))
+            if count == 0:
+                continue
+            path.write_text(mutated)
+            code, seconds = run_tests(args.tests, args.timeout_factor * clean_seconds + 5)
+            path.write_text(source)
+            diff = "".join(l for l in difflib.unified_diff(source.splitlines(True), mutated.splitlines(True), n=0)
+                           if l[:1] in "+-" and not l.startswith(("+++", "---")))
+            status = "survived" if code == 0 else "killed"
+            results.append({"mutant": n, "line": ids[n].line_number + 1, "status": status, "exit": code,
+                            "seconds": round(seconds, 1), "diff": diff})
+            print(f"mutant {n:3d} line {ids[n].line_number + 1:4d}: {status}", flush=True)
+    finally:
+        path.write_text(source)
+    killed = sum(r["status"] == "killed" for r in results)
+    print(f"\n{args.module}: {killed}/{len(results)} mutants killed "
+          f"({100 * killed / max(1, len(results)):.0f}%) by {' '.join(args.tests)}")
+    for r in results:
+        if r["status"] == "survived":
+            print(f"--- survivor {r['mutant']} (line {r['line']}):\n{r['diff']}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"module": args.module, "tests": args.tests, "killed": killed,
+                                              "total": len(results), "mutants": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))
