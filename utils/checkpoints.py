@@ -53,14 +53,7 @@ def read_metadata(path) -> dict:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    out = {}
-    for k, v in meta.items():
-        try:
-            out[k] = json.loads(v)
-        except (json.JSONDecodeError, TypeError):
-            out[k] = v
-    return out
+        return _decode(f.metadata() or {})
 
 
 def _folder_weights(folder: Path) -> Path:
