@@ -71,7 +71,7 @@ def test_command_parses(where, script, argv):
 CLI_FILES = ["train.py", "compute_nudity_rate.py", "attack_methods/RingABell.py", "dataset/fetch.py"] + \
     sorted(str(p.relative_to(REPO)) for d in ("execs", "benchmarks") for p in (REPO / d).glob("*.py"))
 MODEL_CLIS = {"train.py", "execs/train_uce.py", "execs/generate_images.py", "attack_methods/RingABell.py",
-              "execs/adversarial_rates.py"}
+              "execs/adversarial_rates.py", "attack_methods/UnlearnDiffAtk.py", "attack_methods/P4D.py"}
 # Docstring commands not run here, and why (each is run elsewhere or needs a large model).
 NOT_RUN = {
     "execs/train_shapes_model.py": "trains the shipped shapes model (30 min); tests/test_shapes.py trains a small one",
@@ -79,6 +79,8 @@ NOT_RUN = {
     "benchmarks/erase_speed.py": "builds SD 1.4-sized models (GBs of memory): a benchmark, not a test",
     "benchmarks/generation_speed.py": "a benchmark (timings), not a test",
     "benchmarks/nudity_speed.py": "a benchmark (timings), not a test",
+    "benchmarks/attack_speed.py": "builds SD 1.4-sized models (GBs of memory): a benchmark, not a test",
+    "benchmarks/gpu.py": "runs every benchmark (its --small CPU dry run builds several models): not a test",
 }
 # Runs the docstring commands read that are no docstring's example, by the name of their folder.
 SETUP = {name: ["execs/generate_images.py", "--prompts_path", f"dataset/{csv}", "--save_path", f"runs/{name}", *extra]
@@ -93,7 +95,8 @@ DOC_ORDER = ["dataset/fetch.py", "execs/train_uce.py", "train.py", "execs/genera
              "execs/compute_clip_score.py", "execs/compute_fid.py", "big-artists-sd", "big-artists-rece",
              "execs/compute_lpips.py", "execs/classify_artists.py", "imagenette-rece", "execs/classify_objects.py",
              "i2p-sd", "i2p-rece", "compute_nudity_rate.py", "execs/compute_q16.py", "execs/results_table.py",
-             "attack_methods/RingABell.py", "execs/adversarial_rates.py", "execs/shapes_data.py"]
+             "attack_methods/RingABell.py", "execs/adversarial_rates.py", "execs/shapes_data.py",
+             "execs/train_esd.py"]
 
 
 def docstring_commands() -> dict[str, list[list[str]]]:
@@ -122,6 +125,13 @@ def budget_flags(script: str, argv: list[str], tiny: Path) -> list[str]:
         extra += ["--image_size", "16"]
     if "device" in ns and "--device" not in argv:
         extra += ["--device", "cpu"]
+    # training and attack budgets: a few steps of each (the commands' own settings are the paper's)
+    if script == "execs/train_esd.py" and "--iterations" not in argv:
+        extra += ["--iterations", "2"]
+    if script.startswith("attack_methods/") and "iterations" in ns and "--iterations" not in argv:
+        extra += ["--iterations", "1", "--timesteps", "500", "--eval_timesteps", "500"]
+    if ns.get("mode") == "discrete" and "--generations" not in argv:
+        extra += ["--generations", "1", "--population", "4"]
     if script == "train.py" and not ns["skip_validation"] and ns["test_csv_path"] is None:
         from utils.erase.concepts import concept_type, parse_concepts, rece_settings
 
@@ -167,8 +177,8 @@ def test_readme_commands_run(tmp_path, workspace_env, tiny_pipeline_dir):
     # the pipeline's commands (the development section's mutation run is not part of it)
     readme = [(script, argv) for where, script, argv in CMDS
               if where.startswith("README") and script.endswith(".py") and not script.startswith("tests/")]
-    assert [s for s, _ in readme] == ["execs/train_uce.py", "train.py", "execs/generate_images.py",
-                                      "compute_nudity_rate.py"]
+    assert [s for s, _ in readme][:4] == ["execs/train_uce.py", "train.py", "execs/generate_images.py",
+                                          "compute_nudity_rate.py"]
     for script, argv in readme:
         run_in(tmp_path, workspace_env, tiny_pipeline_dir, script, argv)
     import json

@@ -355,7 +355,8 @@ def test_many_concept_rece_matches_an_explicit_computation(model, tmp_path):
 
 def test_uce_guided_concepts_and_add_prompts(model, tmp_path):
     """--guided_concepts maps the concept to the given text; --add_prompts erases the paper's templates
-    too, the same edit as listing the templated concepts and guides by hand."""
+    too, each towards the bare guide as the authors' UCE script pairs them: the same edit as listing the
+    templated concepts by hand, each guided to 'art'."""
     run_script("execs/train_uce.py", "--concepts", "nudity", "--concept_type", "nudity", "--guided_concepts",
                "a person", "--model_id", model["dir"], "--save_path", tmp_path / "guided")
     ref = uce_reference(model, model["W_orig"], "nudity", "a person", [""], lamb=0.5, s_p=1.0)
@@ -370,7 +371,7 @@ def test_uce_guided_concepts_and_add_prompts(model, tmp_path):
                "--save_path", tmp_path / "templates")
     run_script("execs/train_uce.py", "--concepts", ",".join(["Kelly McKernan"] + [t.format("Kelly McKernan")
                                                                                   for t in templates]),
-               "--concept_type", "art", "--guided_concepts", ",".join(["art"] + [t.format("art") for t in templates]),
+               "--concept_type", "art", "--guided_concepts", ",".join(["art"] * (1 + len(templates))),
                "--preserve_concepts", "Tyler Edlin", "--model_id", model["dir"], "--save_path", tmp_path / "by_hand")
     a = load_weights(tmp_path / "templates" / "uce.safetensors")
     b = load_weights(tmp_path / "by_hand" / "uce.safetensors")

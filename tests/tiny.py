@@ -345,6 +345,21 @@ def build_lpips_weights(alexnet_path, lpips_path, seed: int = 0):
     return Path(alexnet_path), Path(lpips_path)
 
 
+def build_random_resnet50(path, seed: int = 0) -> Path:
+    """torchvision's ResNet-50 architecture (the toolkit's plain-torch copy) with random weights, its
+    output layer biased so every image is class 0 ("tench"): the object classifier's stand-in."""
+    from utils.score.resnet import _build
+
+    torch.manual_seed(seed)
+    model = _build()
+    with torch.no_grad():
+        model.fc.weight.mul_(0.0)
+        model.fc.bias.zero_()
+        model.fc.bias[0] = 10.0
+    torch.save(model.state_dict(), str(path))
+    return Path(path)
+
+
 def install_in_hf_cache(cache_dir, repo_id: str, folder) -> Path:
     """Place `folder`'s files in a Hugging Face hub cache as `repo_id`'s main revision, so that
     `from_pretrained(repo_id)` finds them offline (HF_HUB_CACHE=cache_dir, HF_HUB_OFFLINE=1)."""
@@ -368,14 +383,20 @@ def offline_scorers(home) -> dict:
     from utils.score.lpips import ALEXNET_FILE, LPIPS_CACHE_FILE
     from utils.score.objects import DEFAULT_RESNET
 
+    from utils.score.clip import CLIP_B32
+
     home = Path(home)
     cache = home / "hf_cache"
     install_in_hf_cache(cache, DEFAULT_CLIP, build_tiny_clip(home / "build" / "clip", projection_dim=768))
-    install_in_hf_cache(cache, DEFAULT_RESNET, build_tiny_resnet(home / "build" / "resnet"))
+    install_in_hf_cache(cache, CLIP_B32, build_tiny_clip(home / "build" / "clip_b32", projection_dim=16))
+    if "/" in DEFAULT_RESNET and not DEFAULT_RESNET.startswith("torchvision/"):
+        install_in_hf_cache(cache, DEFAULT_RESNET, build_tiny_resnet(home / "build" / "resnet"))
+    resnet50 = build_random_resnet50(home / "resnet50_random.pth")
     build_tiny_inception(home / INCEPTION_FILE)
     build_lpips_weights(home / "torch" / "hub" / "checkpoints" / ALEXNET_FILE,
                         home / ".cache" / "rece" / LPIPS_CACHE_FILE)
     return {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "RECE_INCEPTION": str(home / INCEPTION_FILE),
+            "RECE_RESNET50": str(resnet50),
             "TORCH_HOME": str(home / "torch"), "HOME": str(home)}
 
 

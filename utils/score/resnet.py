@@ -121,8 +121,13 @@ def _build():
 
 
 def find_weights(path=None, download: bool = True) -> Path:
-    """The IMAGENET1K_V2 state_dict file: `path`, else torch hub's cache, else downloaded into it."""
+    """The IMAGENET1K_V2 state_dict file: `path`, else `$RECE_RESNET50`, else torch hub's cache, else
+    downloaded into it."""
+    import os
+
     import torch
+
+    path = path or os.environ.get("RECE_RESNET50") or None
 
     from utils.score import weights_file
 
