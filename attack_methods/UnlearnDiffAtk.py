@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.attack.gradient import GradientAttack  # noqa: E402
 from utils.attack.runner import (add_common_args, add_gradient_args, check_common, check_gradient_args,  # noqa: E402
-                                 default_k, load_context, prepare_run, run_prompts)
+                                 default_k, run_attack)
 from utils.errors import run_cli  # noqa: E402
 
 
@@ -45,13 +45,8 @@ def main(args):
                 "timesteps": list(timesteps), "iterations": args.iterations, "lr": args.lr,
                 "weight_decay": args.weight_decay, "optimizer": args.optimizer, "eval_timesteps": list(eval_timesteps)}
 
-    # 2. The run folder (resumed when the settings match), then the model pair (one UNet)
-    state, run_dir = prepare_run(args, common, settings)
-    ctx = load_context(args, common, run_dir)
-
-    # 3. Attack every prompt of this process's share; the last process writes adv_prompts.csv and asr.json
-    run_prompts(ctx, common.table, attack, state, judge_settings=ctx.judge.settings(), progress=args.progress)
-
+    # 2. The run folder (resumed when the settings match), the model pair (one UNet), the prompts
+    run_attack(args, common, attack, settings)
 
 if __name__ == "__main__":
     run_cli(main, parse_args)

@@ -32,6 +32,20 @@ def tiny_pipeline_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def pipe(tiny_pipeline_dir):
+    """The tiny pipeline loaded in process, run on one thread (as the CLIs run in the tests)."""
+    import torch
+
+    from utils.models import load_pipeline, quiet_libraries
+
+    quiet_libraries()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_pipeline(str(tiny_pipeline_dir))
+    torch.set_num_threads(threads)
+
+
 def run_script(script: str, *args, check: bool = True, env: dict | None = None, timeout: int = 600):
     """Run a project CLI as a user would (`python script args`), from the repo root."""
     cmd = [sys.executable, str(REPO / script), *map(str, args)]

@@ -173,15 +173,6 @@ def test_checkpoint_with_a_key_the_unet_lacks_is_refused(perturbed, prompts_csv,
 # SLD
 # ---------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def pipe(tiny_pipeline_dir):
-    from utils.models import load_pipeline, quiet_libraries
-
-    quiet_libraries()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_pipeline(str(tiny_pipeline_dir))
-    torch.set_num_threads(threads)
 
 
 def test_sld_presets_are_diffusers_safety_config():

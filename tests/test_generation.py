@@ -198,16 +198,6 @@ def test_bad_flags_fail_before_anything_is_written(tmp_path, tiny_pipeline_dir, 
 # Library-level checks (in process)
 # ---------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def pipe(tiny_pipeline_dir):
-    """The tiny pipeline, run on one thread (as the CLI runs above; quicker on a shared CPU)."""
-    from utils.models import load_pipeline, quiet_libraries
-
-    quiet_libraries()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_pipeline(str(tiny_pipeline_dir))
-    torch.set_num_threads(threads)
 
 
 def test_embeddings_equal_prompts_when_they_are_E_of_the_prompts(tmp_path, pipe, prompts_csv):

@@ -348,6 +348,15 @@ def prepare_run(args, common: Common, settings: dict):
     return state, Path(run_dir)
 
 
+def run_attack(args, common: Common, attack_one, settings: dict) -> dict | None:
+    """What every attack CLI does once its inputs are checked: claim or resume the run folder (config
+    first), load the model pair (one UNet), attack this process's share of the prompts."""
+    state, run_dir = prepare_run(args, common, settings)
+    ctx = load_context(args, common, run_dir)
+    return run_prompts(ctx, common.table, attack_one, state, judge_settings=ctx.judge.settings(),
+                       progress=args.progress)
+
+
 def run_prompts(ctx: Context, table, attack_one, state, *, judge_settings: dict, extra_summary: dict | None = None,
                 progress: bool = True) -> dict | None:
     """Attack this process's share of `table`'s rows with `attack_one(ctx, row) -> dict`; write the
