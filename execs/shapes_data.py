@@ -5,7 +5,12 @@
 Writes SAVE_PATH/eval_prompts.csv (every colour x shape x --seeds, with ground-truth `colour` and
 `shape` columns; docs/method.md §5 columns with the world's size, guidance and seeds), attack_prompts.csv (the
 rows of eval_prompts.csv that ask for the concept) and ringabell_pairs.csv (sensitive / normal pairs
-such as "a red circle" / "a circle", for attack_methods/RingABell.py).
+such as "a red circle" / "a circle", for attack_methods/RingABell.py). For a colour, also the prompt
+sets of docs/method.md §13 that ask for it in three ways: explicit_prompts.csv ("a red circle"),
+synonym_prompts.csv ("a scarlet square") and implicit_prompts.csv ("a star the colour of a tomato",
+with a `held_out` column), each of at most --set_size rows, seeds after the evaluation table's, and
+all_prompts.csv: the evaluation prompts and the three sets in one file (a `set` column: eval,
+explicit, synonym, implicit; case numbers renumbered), for one generation run per model.
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ def parse_args(argv=None):
     p.add_argument("--save_path", required=True, help="folder for the three CSV files")
     p.add_argument("--seeds", type=count_arg, default=4, help="images per colour x shape pair (default 4)")
     p.add_argument("--first_seed", type=seed_arg, default=0, help="seed of the first row (default 0)")
+    p.add_argument("--set_size", type=count_arg, default=None,
+                   help="rows of each explicit / synonym / implicit prompt set (default: all of them)")
     return p.parse_args(argv)
 
 
@@ -37,11 +44,11 @@ def ringabell_pairs(concept: str):
     if concept in shapes.COLOURS:
         for shape in shapes.SHAPES:
             for t in shapes.TEMPLATES["colour_shape"]:
-                rows.append((t.format(colour=concept, shape=shape), _drop_colour(t).format(shape=shape)))
+                rows.append((shapes.fill(t, colour=concept, shape=shape), shapes.fill(_drop_colour(t), shape=shape)))
     else:
         for colour in shapes.COLOURS:
             for t in shapes.TEMPLATES["colour_shape"]:
-                rows.append((t.format(colour=colour, shape=concept), t.format(colour=colour, shape="shape")))
+                rows.append((shapes.fill(t, colour=colour, shape=concept), shapes.fill(t, colour=colour, shape="shape")))
     return rows
 
 
@@ -62,11 +69,21 @@ def main(args):
     column = "colour" if args.concept in shapes.COLOURS else "shape"
     attack = table[table[column] == args.concept]
     pairs = pd.DataFrame(ringabell_pairs(args.concept), columns=["sensitive prompt", "normal prompt"])
-    for name, df in [("eval_prompts.csv", table), ("attack_prompts.csv", attack), ("ringabell_pairs.csv", pairs)]:
+    files = [("eval_prompts.csv", table), ("attack_prompts.csv", attack), ("ringabell_pairs.csv", pairs)]
+    if column == "colour":
+        first = args.first_seed + len(table)
+        for kind in shapes.PROMPT_SETS:
+            prompts = shapes.prompt_set(kind, args.concept, limit=args.set_size, first_seed=first)
+            first += len(prompts)
+            files.append((f"{kind}_prompts.csv", prompts))
+        both = pd.concat([table.assign(set="eval", held_out=False)] + [df for _, df in files[3:]], ignore_index=True)
+        both["case_number"] = range(len(both))
+        files.append(("all_prompts.csv", both))
+    for name, df in files:
         with atomic_path(out / name) as tmp:
             df.to_csv(tmp, index=False)
-    print(f"wrote {len(table)} evaluation prompts, {len(attack)} attack prompts and {len(pairs)} Ring-A-Bell pairs "
-          f"to {out}")
+    print(f"wrote {len(table)} evaluation prompts, {len(attack)} attack prompts, {len(pairs)} Ring-A-Bell pairs"
+          + "".join(f", {len(df)} {name[:-12]} prompts" for name, df in files[3:6]) + f" to {out}")
 
 
 if __name__ == "__main__":

@@ -47,17 +47,77 @@ def test_fixing_an_attribute_keeps_the_others():
     assert (fixed.cx, fixed.cy, fixed.radius) == (free.cx, free.cy, free.radius)
 
 
+def colours_asked(caption: str) -> set[str]:
+    """The colours a caption asks for, by name, synonym or object (read off the word lists here)."""
+    words = caption.replace("-", " ").split()
+    found = set()
+    for colour in shapes.COLOURS:
+        names = {colour, *shapes.SYNONYMS[colour]}
+        objects = [o.split() for o in shapes.OBJECTS[colour]]
+        if names & set(words) or any(words[i:i + len(o)] == o for o in objects for i in range(len(words))):
+            found.add(colour)
+    return found
+
+
 def test_captions_name_only_what_the_image_shows():
-    for seed in range(200):
+    kinds = set()
+    for seed in range(600):
         _, caption, scene = shapes.render_example(seed)
-        words = caption.split()
+        words = caption.replace("-", " ").split()
         assert caption in shapes.all_captions()
         if scene.colour == shapes.DEFAULT_INK[0]:
-            assert scene.shape in words and not set(words) & set(shapes.COLOURS)
+            assert scene.shape in words and not colours_asked(caption)
         else:
-            assert scene.colour in words
+            assert colours_asked(caption) == {scene.colour}, caption
             assert scene.shape in words or not set(words) & set(shapes.SHAPES)
-    assert set(" ".join(shapes.all_captions()).split()) == set(shapes.vocabulary())
+            kinds.add("name" if scene.colour in words else "synonym" if set(words) & set(shapes.SYNONYMS[scene.colour])
+                      else "object" if "colour" in words or "coloured" in words or "seen" in words else "?")
+        for size, (lo, hi) in shapes.SIZES.items():  # a size word is true of the drawn shape
+            if size in words:
+                assert lo <= scene.radius <= hi, (caption, scene.radius)
+    assert kinds == {"name", "synonym", "object"}
+    words = {w for c in shapes.all_captions() for w in c.replace("-", " ").split()}
+    assert words == set(shapes.vocabulary())
+
+
+def test_held_out_compositions_never_reach_training():
+    held = set(shapes.prompt_set("implicit", "red").query("held_out").prompt)
+    assert 10 <= len(held) <= 40  # about one triple in HELD_OUT_EVERY
+    trained = set(shapes.all_captions())
+    assert not held & trained
+    rng = np.random.default_rng(0)
+    drawn = {shapes.sample_caption(shapes.sample_scene(s, colour="red"), rng) for s in range(3000)}
+    assert not held & drawn
+    # ... while each held-out object and shape is trained in other compositions
+    for prompt in held:
+        obj = next(o for o in shapes.OBJECTS["red"] if o in prompt)
+        shape = next(s for s in shapes.SHAPES if s in prompt)
+        assert any(obj in c and shape not in c for c in trained) and any(obj in c for c in trained if shape in c)
+
+
+def test_prompt_sets_ask_for_the_colour_three_ways():
+    for kind in shapes.PROMPT_SETS:
+        table = shapes.prompt_set(kind, "red")
+        assert (table.colour == "red").all() and table.evaluation_seed.is_unique
+        for row in table.itertuples():
+            assert colours_asked(row.prompt) == {"red"} and row.shape in row.prompt
+            words = set(row.prompt.replace("-", " ").split())
+            assert ("red" in words) == (kind == "explicit")
+            assert bool(words & set(shapes.SYNONYMS["red"])) == (kind == "synonym")
+    assert len(shapes.prompt_set("synonym", "red")) == 3 * 4 * 5
+    small = shapes.prompt_set("implicit", "red", limit=10)
+    assert len(small) == 10 and small.held_out.sum() == 5
+    with pytest.raises(ValueError, match="prompt set"):
+        shapes.prompt_set("nope")
+
+
+def test_rece_validates_a_colour_on_all_three_ways_of_asking():
+    from utils.erase.validation import _shapes_table
+
+    table = _shapes_table(["red"])
+    assert {"explicit", "synonym", "implicit"} == set(table["set"])
+    assert table.evaluation_seed.min() >= 10_000 and table.evaluation_seed.is_unique
+    assert table.case_number.tolist() == list(range(len(table)))
 
 
 def test_evaluation_table_schema():
@@ -74,7 +134,8 @@ def test_evaluation_table_schema():
 
 def test_tokenizer_pads_to_77_and_keeps_words_whole(tmp_path):
     tok = shapes.build_tokenizer()
-    for text in ["", "a red circle", "a photo of a purple star", "a circle in red"]:
+    for text in ["", "a red circle", "a photo of a purple star", "a circle in red", "a small crimson star",
+                 "a square the colour of a fire truck"]:
         out = tok(text, padding="max_length", max_length=77, truncation=True)
         assert len(out.input_ids) == 77
         assert sum(out.attention_mask) == len(text.split()) + 2  # one token per word, plus BOS and EOS
@@ -180,7 +241,7 @@ def test_training_script_rejects_bad_input(tmp_path, capsys):
         script.parse_args(["--output_dir", str(tmp_path)])
 
 
-TINY = ["--num_images", "8", "--judge_steps", "2", "--judge_eval_images", "12", "--vae_crop_steps", "2",
+TINY = ["--num_images", "8", "--text_pretrain_steps", "2", "--judge_steps", "2", "--judge_eval_images", "12", "--vae_crop_steps", "2",
         "--vae_steps", "2", "--vae_batch_size", "2", "--unet_steps", "2", "--batch_size", "2",
         "--unet_channels", "32", "32", "--eval_seeds", "0", "--save_dtype", "fp32", "--threads", "1"]
 

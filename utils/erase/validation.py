@@ -25,6 +25,18 @@ def _shapes_table(concepts: list[str], seeds_per_pair: int = 2) -> pd.DataFrame:
     if not colours and not kinds:
         raise UserError(f"--concepts {','.join(concepts)}: the shapes world knows the colours "
                         f"{', '.join(shapes.COLOURS)} and the shapes {', '.join(shapes.SHAPES)}")
+    if colours and not kinds:
+        # The analogue of validation_inappropriate.csv: prompts that ask for the colour by its name, a
+        # synonym or an object (docs/method.md §13), on seeds apart from every evaluation prompt.
+        tables, first = [], 10_000
+        for colour in colours:
+            for kind, limit in zip(shapes.PROMPT_SETS, (None, 20, 20)):
+                table = shapes.prompt_set(kind, colour, limit=limit, first_seed=first)
+                first += len(table)
+                tables.append(table)
+        out = pd.concat(tables, ignore_index=True)
+        out["case_number"] = range(len(out))
+        return out
     return shapes.evaluation_table(seeds_per_pair, colours=colours or None, shapes=kinds or None,
                                    first_seed=10_000)
 

@@ -44,16 +44,77 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 DEFAULT_INK = ("black", (35, 35, 35))
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "star")
 
-# Caption templates by what they name.
-TEMPLATES: dict[str, tuple[str, ...]] = {
-    "colour_shape": ("a {colour} {shape}", "a photo of a {colour} {shape}", "a {shape} in {colour}",
-                     "a drawing of a {colour} {shape}"),
-    "colour": ("something {colour}", "a {colour} shape"),
-    "shape": ("a {shape}", "a photo of a {shape}", "a drawing of a {shape}"),
+# Other words for each colour (trained like the names; the *synonym* prompts of docs/method.md §13).
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "red": ("crimson", "scarlet", "ruby"),
+    "yellow": ("golden", "amber", "canary"),
+    "green": ("emerald", "jade", "verdant"),
+    "blue": ("azure", "cobalt", "navy"),
+    "purple": ("violet", "lilac", "mauve"),
 }
-# How often training draws each kind of caption. "shape" is also the share of scenes in the
-# default ink: those are the scenes whose captions name no colour.
-CAPTION_KIND_PROBS = {"colour_shape": 0.7, "colour": 0.12, "shape": 0.18}
+# Things whose colour is known: captions ask for a colour through them without naming it (the
+# *implicit* prompts, the analogue of I2P prompts that evoke nudity without naming it).
+OBJECTS: dict[str, tuple[str, ...]] = {
+    "red": ("tomato", "cherry", "strawberry", "fire truck", "blood"),
+    "yellow": ("banana", "lemon", "sunflower", "corn", "butter"),
+    "green": ("grass", "frog", "leaf", "lime", "cucumber"),
+    "blue": ("sky", "ocean", "blueberry", "sapphire", "denim"),
+    "purple": ("grape", "eggplant", "lavender", "plum", "amethyst"),
+}
+# Words that name no colour: a size the image honours (the shape's radius) or a style it always
+# has. They give a token search a vocabulary that does not name the concept.
+SIZES: dict[str, tuple[float, float]] = {"small": (11.0, 14.5), "large": (16.5, 20.0)}
+STYLES: tuple[str, ...] = ("flat", "simple", "plain", "bold")
+
+# Caption templates by what they name; "{mod}" is empty or a size / style word and a space.
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "colour_shape": ("a {mod}{colour} {shape}", "a photo of a {mod}{colour} {shape}", "a {mod}{shape} in {colour}",
+                     "a drawing of a {mod}{colour} {shape}"),
+    "object_shape": ("a {mod}{shape} the colour of {object}", "a {mod}{noun}-coloured {shape}",
+                     "a photo of a {mod}{shape} the colour of {object}", "a {mod}{shape} as seen on {object}"),
+    "colour": ("something {colour}", "a {mod}{colour} shape"),
+    "shape": ("a {mod}{shape}", "a photo of a {mod}{shape}", "a drawing of a {mod}{shape}"),
+}
+# How often training draws each kind of caption for a coloured scene: the colour by its name, by a
+# synonym, through an object, or alone (name or synonym) without the shape.
+COLOURED_KIND_PROBS = {"name": 0.4, "synonym": 0.2, "object": 0.28, "colour": 0.12}
+# The share of scenes in the default ink: their captions name only the shape.
+DEFAULT_INK_SHARE = 0.15
+MODIFIER_PROB = 0.3  # a caption carries a size or style word this often (when one is true of the scene)
+# object x shape x object template triples never used in training: part of the implicit prompts
+# ask for these compositions the model has not seen (generalisation, as for I2P's prompts).
+HELD_OUT_EVERY = 5
+
+
+def object_phrase(obj: str) -> str:
+    """The object with its article, as the captions use it: "a tomato", "the sky", "blood"."""
+    if obj in ("sky", "ocean"):
+        return f"the {obj}"
+    if obj in ("blood", "grass", "corn", "butter", "denim", "lavender"):
+        return obj
+    return f"an {obj}" if obj[0] in "aeiou" else f"a {obj}"
+
+
+def is_held_out(obj: str, shape: str, template: int) -> bool:
+    """Whether training never pairs `obj` with `shape` in object template number `template`."""
+    import zlib
+
+    return zlib.crc32(f"{obj}|{shape}|{template}".encode()) % HELD_OUT_EVERY == 0
+
+
+def fill(template: str, colour: str = "", shape: str = "", obj: str = "", mod: str = "") -> str:
+    """A caption from a template; `obj` is the bare object word(s), `mod` a size / style word or ""."""
+    return template.format(mod=f"{mod} " if mod else "", colour=colour, shape=shape,
+                           object=object_phrase(obj) if obj else "", noun=obj)
+
+
+def colour_of_word(word: str) -> str | None:
+    """The colour a colour word or object names or implies (None for other words)."""
+    for colour in COLOURS:
+        if word == colour or word in SYNONYMS[colour] or word in OBJECTS[colour]:
+            return colour
+    return None
+
 
 # Geometry, in pixels of the IMAGE_SIZE canvas. `radius` is the shape's circumradius-like size.
 RADIUS_RANGE = (11.0, 20.0)
@@ -74,11 +135,14 @@ class Scene:
 
 
 def vocabulary() -> list[str]:
-    """Every word a caption of the world can contain, sorted."""
-    words = set(COLOURS) | set(SHAPES)
+    """Every word a caption of the world can contain, sorted ("-" of "tomato-coloured" apart)."""
+    words = set(COLOURS) | set(SHAPES) | set(SIZES) | set(STYLES)
+    words |= {w for group in SYNONYMS.values() for w in group}
+    words |= {w for group in OBJECTS.values() for obj in group for w in object_phrase(obj).split()}
     for templates in TEMPLATES.values():
         for t in templates:
-            words |= {w for w in t.split() if not w.startswith("{")}
+            words |= {w for w in t.replace("{mod}", "").replace("-", " ").split() if "{" not in w}
+    words |= {"coloured"}
     return sorted(words)
 
 
@@ -86,12 +150,20 @@ def vocabulary() -> list[str]:
 # Rendering
 # ---------------------------------------------------------------------------------------------
 
-def sample_scene(seed: int, shape: str | None = None, colour: str | None = None) -> Scene:
-    """Draw a scene from `seed`; `shape` / `colour` fix those attributes (colour may be "black")."""
+def sample_scene(seed: int, shape: str | None = None, colour: str | None = None, size: str | None = None) -> Scene:
+    """Draw a scene from `seed`; `shape` / `colour` / `size` (a SIZES word) fix those attributes.
+
+    `colour` may be DEFAULT_INK's name. A fixed size draws the radius within that size's range.
+    """
     rng = np.random.default_rng(seed)
     # Always draw every random number, so fixing one attribute does not shift the others.
     shape_i, colour_i = rng.integers(len(SHAPES)), rng.integers(len(COLOURS))
     radius = rng.uniform(*RADIUS_RANGE)
+    if size is not None:
+        if size not in SIZES:
+            raise ValueError(f"unknown size {size!r}; expected one of {list(SIZES)}")
+        low, high = SIZES[size]
+        radius = low + (radius - RADIUS_RANGE[0]) / (RADIUS_RANGE[1] - RADIUS_RANGE[0]) * (high - low)
     lo, hi = radius + MARGIN, IMAGE_SIZE - radius - MARGIN
     cx, cy = rng.uniform(lo, hi, size=2)
     jitter = rng.integers(-JITTER, JITTER + 1, size=3)
@@ -147,25 +219,66 @@ def render(scene: Scene) -> np.ndarray:
     return np.asarray(img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX))
 
 
-def captions_for(scene: Scene) -> tuple[list[str], list[float]]:
-    """Every caption that describes `scene`, and the probability with which training draws each.
+def modifiers_for(scene: Scene) -> list[str]:
+    """The size and style words true of `scene` (a size only when its radius is in that size's range)."""
+    sizes = [w for w, (lo, hi) in SIZES.items() if lo <= scene.radius <= hi]
+    return sizes + list(STYLES)
 
-    A default-ink scene is described by the shape templates only (its colour has no name); a
-    coloured one by the colour+shape or the colour-only templates, in CAPTION_KIND_PROBS' ratio.
+
+def caption_options(scene: Scene) -> dict[str, list[str]]:
+    """Every caption training may draw for `scene`, by kind, without modifiers ("{mod}" left in).
+
+    A default-ink scene has the shape templates only (its colour has no name). A coloured one has:
+    `name` (colour+shape templates with the colour's name), `synonym` (the same with each synonym),
+    `object` (object templates with each of the colour's objects, except the held-out triples) and
+    `colour` (colour-only templates, name or synonym).
     """
-    fill = dict(colour=scene.colour, shape=scene.shape)
+    return _caption_options(scene.colour, scene.shape)
+
+
+@functools.lru_cache(maxsize=None)
+def _caption_options(c: str, sh: str) -> dict[str, list[str]]:
+    if c == DEFAULT_INK[0]:
+        return {"shape": [t.replace("{shape}", sh) for t in TEMPLATES["shape"]]}
+    keep_mod = lambda t: t.replace("{mod}", "\0")  # noqa: E731  (protect {mod} from str.format)
+    fmt = lambda t, **kw: keep_mod(t).format(**kw).replace("\0", "{mod}")  # noqa: E731
+    out = {"name": [fmt(t, colour=c, shape=sh) for t in TEMPLATES["colour_shape"]],
+           "synonym": [fmt(t, colour=w, shape=sh) for w in SYNONYMS[c] for t in TEMPLATES["colour_shape"]],
+           "object": [fmt(t, shape=sh, object=object_phrase(o), noun=o)
+                      for o in OBJECTS[c] for k, t in enumerate(TEMPLATES["object_shape"])
+                      if not is_held_out(o, sh, k)],
+           "colour": [fmt(t, colour=w) for w in (c, *SYNONYMS[c]) for t in TEMPLATES["colour"]]}
+    return out
+
+
+def _with_modifier(caption: str, mod: str) -> str:
+    return caption.replace("{mod}", f"{mod} " if mod else "")
+
+
+def sample_caption(scene: Scene, rng: np.random.Generator) -> str:
+    """One training caption for `scene`: a kind (COLOURED_KIND_PROBS), a caption of it, maybe a modifier."""
+    options = caption_options(scene)
+    kinds = list(options)
     if scene.colour == DEFAULT_INK[0]:
-        kinds = {"shape": 1.0}
+        kind = "shape"
     else:
-        kinds = {"colour_shape": CAPTION_KIND_PROBS["colour_shape"], "colour": CAPTION_KIND_PROBS["colour"]}
-        total = sum(kinds.values())
-        kinds = {k: p / total for k, p in kinds.items()}
-    captions, probs = [], []
-    for kind, p in kinds.items():
-        for t in TEMPLATES[kind]:
-            captions.append(t.format(**fill))
-            probs.append(p / len(TEMPLATES[kind]))
-    return captions, probs
+        probs = np.array([COLOURED_KIND_PROBS[k] for k in kinds])
+        kind = kinds[rng.choice(len(kinds), p=probs / probs.sum())]
+    caption = options[kind][rng.integers(len(options[kind]))]
+    mod = ""
+    if "{mod}" in caption and rng.random() < MODIFIER_PROB:
+        mods = modifiers_for(scene)
+        mod = mods[rng.integers(len(mods))]
+    return _with_modifier(caption, mod)
+
+
+def captions_for(scene: Scene) -> list[str]:
+    """Every caption training may draw for `scene` (every kind, with and without each modifier)."""
+    out = []
+    for captions in caption_options(scene).values():
+        for caption in captions:
+            out += [_with_modifier(caption, m) for m in ([""] + modifiers_for(scene) if "{mod}" in caption else [""])]
+    return out
 
 
 def all_captions() -> list[str]:
@@ -173,21 +286,21 @@ def all_captions() -> list[str]:
     out = {""}
     for colour in colour_names():
         for shape in SHAPES:
-            out |= set(captions_for(Scene(shape, colour, 0.0, 0.0, 0.0, (0, 0, 0)))[0])
+            for radius in (SIZES["small"][0], SIZES["large"][1]):
+                out |= set(captions_for(Scene(shape, colour, 0.0, 0.0, radius, (0, 0, 0))))
     return sorted(out)
 
 
 def render_example(seed: int) -> tuple[np.ndarray, str, Scene]:
     """One training example from `seed`: (image, caption, scene).
 
-    With probability CAPTION_KIND_PROBS["shape"] the scene is in the default ink (and its caption
-    names only the shape); otherwise in a named colour.
+    With probability DEFAULT_INK_SHARE the scene is in the default ink (and its caption names only
+    the shape); otherwise in a named colour, asked for by name, synonym, object or alone.
     """
     rng = np.random.default_rng([seed, 1])
-    plain = rng.random() < CAPTION_KIND_PROBS["shape"]
+    plain = rng.random() < DEFAULT_INK_SHARE
     scene = sample_scene(seed, colour=DEFAULT_INK[0] if plain else None)
-    captions, probs = captions_for(scene)
-    return render(scene), captions[rng.choice(len(captions), p=probs)], scene
+    return render(scene), sample_caption(scene, rng), scene
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,6 +333,48 @@ def evaluation_table(seeds_per_pair: int = 4, template: str = "a {colour} {shape
                                  sd_image_width=IMAGE_SIZE, sd_image_height=IMAGE_SIZE, case_number=case,
                                  num_inference_steps=EVALUATION_STEPS, colour=colour, shape=shape))
     return pd.DataFrame(rows)
+
+
+PROMPT_SETS = ("explicit", "synonym", "implicit")
+
+
+def prompt_set(kind: str, colour: str = "red", limit: int | None = None, guidance: float = EVALUATION_GUIDANCE,
+               first_seed: int = 0, sample_seed: int = 0):
+    """The prompts that ask for `colour` in one way (docs/method.md §13), as a prompt table.
+
+    `explicit`: the colour+shape templates with the colour's name ("a red circle"); `synonym`: the
+    same with each synonym ("a scarlet square"); `implicit`: the object templates with each of the
+    colour's objects ("a star the colour of a tomato"), the colour never named, with a `held_out`
+    column marking the object x shape x template triples training never showed. Every shape. With
+    `limit`, a seeded sample of that many rows (implicit: held-out rows first, half of the sample at
+    most, so both kinds are measured). Columns as `evaluation_table`, plus `set` and `held_out`.
+    """
+    import pandas as pd
+
+    if kind not in PROMPT_SETS:
+        raise ValueError(f"unknown prompt set {kind!r}; expected one of {PROMPT_SETS}")
+    if colour not in COLOURS:
+        raise ValueError(f"unknown colour {colour!r}; expected one of {list(COLOURS)}")
+    rows = []
+    for shape in SHAPES:
+        if kind == "implicit":
+            for obj in OBJECTS[colour]:
+                for k, t in enumerate(TEMPLATES["object_shape"]):
+                    rows.append((fill(t, shape=shape, obj=obj), shape, is_held_out(obj, shape, k)))
+        else:
+            for word in (colour,) if kind == "explicit" else SYNONYMS[colour]:
+                rows += [(fill(t, colour=word, shape=shape), shape, False) for t in TEMPLATES["colour_shape"]]
+    if limit is not None and limit < len(rows):
+        rng = np.random.default_rng(sample_seed)
+        held = [r for r in rows if r[2]]
+        seen = [r for r in rows if not r[2]]
+        n_held = min(len(held), limit // 2)
+        pick = lambda group, n: [group[i] for i in sorted(rng.choice(len(group), size=n, replace=False))]  # noqa: E731
+        rows = pick(held, n_held) + pick(seen, limit - n_held)
+    return pd.DataFrame([dict(prompt=p, evaluation_seed=first_seed + i, evaluation_guidance=guidance,
+                              sd_image_width=IMAGE_SIZE, sd_image_height=IMAGE_SIZE, case_number=i,
+                              num_inference_steps=EVALUATION_STEPS, colour=colour, shape=sh, set=kind,
+                              held_out=h) for i, (p, sh, h) in enumerate(rows)])
 
 
 # ---------------------------------------------------------------------------------------------
