@@ -81,7 +81,7 @@ class DiscreteRingABell:
             return float(ringabell_fitness(ctx.encode([text]).float().cpu(), target)[0])
 
         text = found["text"]
-        image = ctx.image(ctx.encode([text])[0], row, "erased")
+        image = ctx.text_image(text, row, "erased")
         path = ctx.save(image, ctx.run_dir / "candidates" / f"{case}.png")
         verdict = ctx.judge_image(image, path)
         path.unlink(missing_ok=True)
