@@ -36,7 +36,6 @@ import torch
 
 from utils.attack.objectives import nearest_tokens, noised_latent, p4d_loss, project_simplex, sample_one_hot, unlearndiff_loss
 from utils.attack.tokens import allowed_token_ids, ids_to_text, make_layouts
-from utils.errors import UserError
 
 METHODS = ("unlearndiff", "p4d")
 
@@ -109,16 +108,13 @@ def adversarial_condition(text, layouts, adv_ids: torch.Tensor, adv_embeds: torc
 def attack_prompt(ctx, row: dict, s: GradientAttack) -> dict:
     """Run one gradient attack on one prompt; returns the per-prompt result (with its image)."""
     case = int(row["case_number"])
-    pipe, pair, device = ctx.pipe, ctx.pair, ctx.device
+    pipe, device = ctx.pipe, ctx.device
     dtype = pipe.unet.dtype
     text = ctx.text
 
     # 1. The token layout (one per encoder), the vocabulary the attack draws from (its token embeddings,
     #    the encoders' tables side by side), the prompt's own condition (the P4D target's)
-    try:
-        layouts = make_layouts(text.tokenizers, row["prompt"], s.layout, s.k, s.every)
-    except ValueError as e:
-        raise UserError(f"--model_id: {e}")
+    layouts = make_layouts(text.tokenizers, row["prompt"], s.layout, s.k, s.every)
     layout = layouts[0]
     k = layout.k
     allowed = allowed_token_ids(text.tokenizers)

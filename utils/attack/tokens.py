@@ -92,16 +92,18 @@ def make_layouts(tokenizers: list, prompt: str, layout: str, k: int = 0, every: 
 
     The attacks place ONE adversarial token id per position in every encoder's sequence (each encoder
     embeds it with its own table), so the tokenizers must share their vocabulary (SDXL's two do: they
-    differ only in the padding token); raises ValueError otherwise."""
+    differ only in the padding token); raises UserError (a property of the model) otherwise."""
+    from utils.errors import UserError
+
     first = tokenizers[0]
     for other in tokenizers[1:]:
         if len(other) != len(first) or other.get_vocab() != first.get_vocab():
-            raise ValueError("the text encoders' tokenizers do not share one vocabulary: the adversarial token ids "
-                             "cannot be placed in both sequences")
+            raise UserError("the model's two tokenizers do not share one vocabulary: an adversarial token id "
+                            "cannot be placed in both encoders' sequences")
     layouts = [make_layout(t, prompt, layout, k, every) for t in tokenizers]
     for other in layouts[1:]:
         if not torch.equal(other.adv_positions, layouts[0].adv_positions):
-            raise ValueError("the tokenizers place the prompt's tokens differently")
+            raise UserError(f"the model's two tokenizers split the prompt {prompt!r} differently")
     return layouts
 
 
