@@ -62,6 +62,53 @@ def png(path):
     return np.asarray(Image.open(path)).astype(float) / 255
 
 
+def test_two_tokenizers_share_positions_and_ids_and_must_share_a_vocabulary(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from tiny import write_char_tokenizer
+    from utils.attack.tokens import allowed_token_ids, make_layouts
+    from utils.errors import UserError
+
+    write_char_tokenizer(tmp_path / "a")
+    write_char_tokenizer(tmp_path / "b", pad_token="!")
+    tok1, tok2 = CLIPTokenizer.from_pretrained(tmp_path / "a"), CLIPTokenizer.from_pretrained(tmp_path / "b")
+    bang = tok2.convert_tokens_to_ids("!")
+    L1, L2 = make_layouts([tok1, tok2], "a cat", "prefix", 2)
+    assert L1.adv_positions.tolist() == L2.adv_positions.tolist() == [1, 2]
+    n = 1 + 2 + len(tok1("a cat", add_special_tokens=False).input_ids) + 1  # SOT, adv x 2, prompt, EOT
+    assert torch.equal(L1.ids[3:n], L2.ids[3:n]) and L1.ids[n - 1] == L2.ids[n - 1] == tok1.eos_token_id
+    assert set(L1.ids[n:].tolist()) == {tok1.eos_token_id} and set(L2.ids[n:].tolist()) == {bang}
+    allowed = set(allowed_token_ids([tok1, tok2]).tolist())
+    assert bang not in allowed and tok1.convert_tokens_to_ids("q") in allowed
+    assert bang in set(allowed_token_ids(tok1).tolist())  # "!" is an ordinary token for the first alone
+    # a second tokenizer whose ids mean other tokens is refused: one id could not stand for one token
+    for name in ("vocab.json", "tokenizer.json"):  # the slow and the fast tokenizer's files
+        path = tmp_path / "b" / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            vocab = data["model"]["vocab"] if name == "tokenizer.json" else data
+            vocab["q"], vocab["w"] = vocab["w"], vocab["q"]
+            path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="do not share one vocabulary"):
+        make_layouts([tok1, CLIPTokenizer.from_pretrained(tmp_path / "b")], "a cat", "prefix", 2)
+
+
+def test_nearest_token_over_two_tables_sums_the_cosines():
+    from utils.attack.objectives import nearest_tokens
+
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(50, 5, generator=g)
+    table[:, 2:] *= 100  # the second table's scale must not decide alone
+    x = torch.randn(7, 5, generator=g)
+    a, b = table[:, :2].numpy(), table[:, 2:].numpy()
+    want = []
+    for row in x.numpy():
+        cos = [row[:2] @ a[i] / np.linalg.norm(row[:2]) / np.linalg.norm(a[i])
+               + row[2:] @ b[i] / np.linalg.norm(row[2:]) / np.linalg.norm(b[i]) for i in range(50)]
+        want.append(int(np.argmax(cos)))
+    assert nearest_tokens(x, table, [2, 3]).tolist() == want
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script,extra", [("attack_methods/UnlearnDiffAtk.py", []),
                                           ("attack_methods/P4D.py", ["--variant", "K"])])
