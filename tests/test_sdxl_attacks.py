@@ -153,6 +153,7 @@ def test_gradient_attack_cli_on_sdxl(sdxl, tmp_path, script, extra):
                for c in (0, 1))
 
 
+@pytest.mark.slow  # the module's fixture runs UCE as a CLI (about 20 s here)
 def test_sdxl_attack_gradients_are_the_encoders_and_unets(sdxl, tmp_path):
     """d loss / d (one-hot rows) (UnlearnDiffAtk) and d loss / d (token embeddings) (P4D) through both text
     encoders, the pooled embedding and the erased UNet, against the gradient of the same loss written with
