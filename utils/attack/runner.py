@@ -208,18 +208,6 @@ class Context:
     uncond_pooled: torch.Tensor = None  # SDXL: the negative condition's pooled embedding (1, p); else None
     text: object = None                 # utils.models.TextEncoders of the pipeline (one or two encoders)
 
-    @property
-    def tokenizer(self):
-        return self.pipe.tokenizer
-
-    @property
-    def text_encoder(self):
-        return self.pipe.text_encoder
-
-    @property
-    def is_sdxl(self) -> bool:
-        return self.uncond_pooled is not None
-
     def generator(self, case: int, stream: int = 0) -> torch.Generator:
         """The CPU generator of prompt `case`'s stream `stream`, seeded by (--seed, case, stream)."""
         state = np.random.SeedSequence([int(self.seed), int(case), int(stream)]).generate_state(2, np.uint32)
@@ -249,9 +237,9 @@ class Context:
         """The image of model `which` for condition `cond` (77, d) with the row's seed, guidance and size,
         made exactly as execs/generate_images.py makes it (same noise, sampler and batch rule). SDXL also
         needs the pooled embedding `pooled` (p,) (see `text_image`)."""
-        from utils.generate.sampling import denoise, initial_noise, vae_scale_factor
+        from utils.generate.sampling import denoise, initial_noise, is_sdxl_pipeline, vae_scale_factor
 
-        if self.is_sdxl and pooled is None:
+        if is_sdxl_pipeline(self.pipe) and pooled is None:
             raise ValueError("an SDXL image needs the condition's pooled embedding")
         f = vae_scale_factor(self.pipe)
         noise = initial_noise(row["seed"], 1, self.pipe.unet.config.in_channels, row["height"] // f, row["width"] // f)
