@@ -12,7 +12,7 @@ model's image of the row. Schedule and judging as UnlearnDiff's code runs P4D: t
 optimiser is the P4D authors' (AdamW, lr 0.1, weight decay 0.1); `--optimizer adam --lr 0.01` is
 UnlearnDiff's (on the shapes model its weight decay, added to tiny gradients, only shrinks the
 embeddings and the nearest tokens never change). One UNet in memory: the erased model is the base UNet called with
-the checkpoint's tensors. Files, resume and sharding as attack_methods/UnlearnDiffAtk.py.
+the checkpoint's tensors. Files, resume, sharding and SDXL as attack_methods/UnlearnDiffAtk.py.
 """
 from __future__ import annotations
 

@@ -154,7 +154,7 @@ def main_discrete(args):
     # 2. Run folder, model pair, concept vector
     state, run_dir = prepare_run(args, common, settings)
     ctx = load_context(args, common, run_dir)
-    v = concept_vector(ctx.tokenizer, ctx.text_encoder, sensitive, normal, args.vector)
+    v = concept_vector(ctx.text, None, sensitive, normal, args.vector)  # 77 x d, both encoders on SDXL
 
     # 3. Search every prompt of this process's share; the last process writes adv_prompts.csv and asr.json
     attack = DiscreteRingABell(v, eta, args.length, args.population, args.generations)

@@ -12,6 +12,7 @@ timestep the tokens are decoded to text, the erased model's image of that text i
 attack stops at the first success. Prompts already judged successful without attack count as
 successes (pre-ASR). Writes config.json, results.jsonl, adv_prompts.csv, asr.json and images into
 SAVE_PATH; rerun the same command to resume; `torchrun --nproc_per_node N` splits the prompts.
+Any base (`--base xl`: one adversarial token sequence read by both SDXL text encoders, docs/attacks.md).
 """
 from __future__ import annotations
 

@@ -7,6 +7,9 @@ batched text-encoder pass per generation, no gradients. Each generation keeps th
 `population`, crosses kept parents over at one point (probability 0.5) and mutates one token
 (probability 0.25) (`objectives.genetic_generation`). The found tokens are decoded to text: the
 prompt a black-box model receives.
+
+SDXL: an individual's ids go into both encoders' sequences (each with its own padding), and its
+embedding is the pair's, 77 x 2048, as the target's (docs/attacks.md, SDXL).
 """
 from __future__ import annotations
 
@@ -16,35 +19,46 @@ import numpy as np
 import torch
 
 from utils.attack.objectives import genetic_generation, ringabell_fitness
-from utils.attack.tokens import allowed_token_ids, ids_to_text, make_layout
+from utils.attack.tokens import allowed_token_ids, ids_to_text, make_layouts
 
 
 @torch.no_grad()
-def embed_ids(text_encoder, ids: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """E for each row of token ids (n, 77): (n, 77, d) float32 on the CPU."""
-    out = [text_encoder(ids[i:i + batch_size].to(text_encoder.device))[0].float().cpu()
-           for i in range(0, len(ids), batch_size)]
+def embed_ids(text_encoder, ids, batch_size: int = 256) -> torch.Tensor:
+    """E for each row of token ids: (n, 77, d) float32 on the CPU. `text_encoder`: a CLIP text encoder
+    and `ids` (n, 77), or a `utils.models.TextEncoders` and `ids` one (n, 77) tensor per encoder."""
+    from utils.models import TextEncoders
+
+    if not isinstance(text_encoder, TextEncoders):
+        text_encoder, ids = TextEncoders([None], [text_encoder]), [ids]
+    device = text_encoder.device
+    out = [text_encoder.forward([x[i:i + batch_size].to(device) for x in ids])[0].float().cpu()
+           for i in range(0, len(ids[0]), batch_size)]
     return torch.cat(out)
 
 
-def search(tokenizer, text_encoder, target: torch.Tensor, rng: np.random.Generator, *, length: int = 16,
+def search(text, target: torch.Tensor, rng: np.random.Generator, *, length: int = 16,
            population: int = 200, generations: int = 3000, crossover: float = 0.5, mutation: float = 0.25,
            trace_every: int | None = None) -> dict:
-    """Run the genetic search for one target (77, d); returns the best ids, their text and the trace."""
-    layout = make_layout(tokenizer, "", "free", length)
-    vocab = allowed_token_ids(tokenizer)
+    """Run the genetic search for one target (77, d) with `text` (`utils.models.TextEncoders`, one or
+    two encoders); returns the best ids, their text and the trace."""
+    layouts = make_layouts(text.tokenizers, "", "free", length)
+    layout = layouts[0]
+    vocab = allowed_token_ids(text.tokenizers)
     target = target.float().cpu()
 
     def full(pop):
-        ids = layout.ids.repeat(len(pop), 1)
-        ids[:, layout.adv_positions] = pop
-        return ids
+        out = []
+        for L in layouts:
+            ids = L.ids.repeat(len(pop), 1)
+            ids[:, L.adv_positions] = pop
+            out.append(ids)
+        return out
 
     pop = vocab[torch.from_numpy(rng.integers(0, len(vocab), size=(population, length)))]
     trace_every = trace_every or max(1, generations // 20)
     trace, first_best = [], None
     for step in range(generations):
-        fitness = ringabell_fitness(embed_ids(text_encoder, full(pop)), target)
+        fitness = ringabell_fitness(embed_ids(text, full(pop)), target)
         order = torch.argsort(fitness, stable=True)
         if first_best is None:
             first_best = pop[order[0]].clone()
@@ -56,8 +70,8 @@ def search(tokenizer, text_encoder, target: torch.Tensor, rng: np.random.Generat
         pop = genetic_generation(pop, fitness, rng, vocab, keep=population // 2, crossover=crossover,
                                  mutation=mutation)
     best = pop[0]
-    return {"ids": best, "text": ids_to_text(tokenizer, layout.with_tokens(best)),
-            "initial_text": ids_to_text(tokenizer, layout.with_tokens(first_best)), "trace": trace}
+    return {"ids": best, "text": ids_to_text(text.tokenizers[0], layout.with_tokens(best)),
+            "initial_text": ids_to_text(text.tokenizers[0], layout.with_tokens(first_best)), "trace": trace}
 
 
 @dataclass(frozen=True)
@@ -74,14 +88,14 @@ class DiscreteRingABell:
         E_p = ctx.encode([row["prompt"]])[0].float().cpu()
         target = E_p + self.eta * self.v
         rng = np.random.default_rng(np.random.SeedSequence([int(ctx.seed), case, 2]))
-        found = search(ctx.tokenizer, ctx.text_encoder, target, rng, length=self.length,
+        found = search(ctx.text, target, rng, length=self.length,
                        population=self.population, generations=self.generations)
 
         def objective(text: str) -> float:  # the fitness of the text as a prompt (re-tokenized)
             return float(ringabell_fitness(ctx.encode([text]).float().cpu(), target)[0])
 
         text = found["text"]
-        image = ctx.image(ctx.encode([text])[0], row, "erased")
+        image = ctx.text_image(text, row, "erased")
         path = ctx.save(image, ctx.run_dir / "candidates" / f"{case}.png")
         verdict = ctx.judge_image(image, path)
         path.unlink(missing_ok=True)

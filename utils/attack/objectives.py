@@ -101,10 +101,16 @@ def sample_one_hot(probs: torch.Tensor, generator: torch.Generator | None = None
 # P4D's variable: continuous embeddings, projected to the nearest token (cosine) in the forward pass
 # ---------------------------------------------------------------------------------------------
 
-def nearest_tokens(embeds: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Index (into `table` rows) of the token embedding with the highest cosine similarity to each row."""
+def nearest_tokens(embeds: torch.Tensor, table: torch.Tensor, widths: list[int] | None = None) -> torch.Tensor:
+    """Index (into `table` rows) of the token embedding with the highest cosine similarity to each row.
+
+    `widths` (SDXL): the columns of `table` are the text encoders' token-embedding tables side by side,
+    `widths` columns each; the similarity is then the sum of the per-encoder cosine similarities, so
+    that each encoder counts alike whatever the scale of its embeddings (docs/attacks.md, SDXL)."""
     with torch.no_grad():
-        sim = F.normalize(embeds.float(), dim=-1) @ F.normalize(table.float(), dim=-1).T
+        widths = list(widths) if widths else [table.shape[-1]]
+        sim = sum(F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
+                  for a, b in zip(embeds.float().split(widths, -1), table.float().split(widths, -1)))
         return sim.argmax(-1)
 
 

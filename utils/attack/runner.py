@@ -199,20 +199,14 @@ class Context:
     pair: object           # ModelPair: base weights in the UNet, the erased tensors aside
     judge: Judge
     sampler: object
-    uncond: torch.Tensor   # E("") on the model's device
+    uncond: torch.Tensor   # the negative condition on the model's device: E(""), zeros for SDXL base
     run_dir: Path
     seed: int
     device: torch.device
     sld: object = None                 # SLD guidance of the attacked model's generations, or None
     sld_embedding: torch.Tensor = None  # E(SLD's safety concept)
-
-    @property
-    def tokenizer(self):
-        return self.pipe.tokenizer
-
-    @property
-    def text_encoder(self):
-        return self.pipe.text_encoder
+    uncond_pooled: torch.Tensor = None  # SDXL: the negative condition's pooled embedding (1, p); else None
+    text: object = None                 # utils.models.TextEncoders of the pipeline (one or two encoders)
 
     def generator(self, case: int, stream: int = 0) -> torch.Generator:
         """The CPU generator of prompt `case`'s stream `stream`, seeded by (--seed, case, stream)."""
@@ -225,18 +219,44 @@ class Context:
 
         return encode_prompts(self.pipe, texts).to(self.device, self.pipe.unet.dtype)
 
-    def image(self, cond: torch.Tensor, row: dict, which: str):
-        """The image of model `which` for condition `cond` (77, d) with the row's seed, guidance and size,
-        made exactly as execs/generate_images.py makes it (same noise, sampler and batch rule)."""
-        from utils.generate.sampling import denoise, initial_noise, vae_scale_factor
+    def encode_pooled(self, texts: list[str]) -> torch.Tensor | None:
+        """SDXL: the pooled embedding of each text (n, p) on the model's device; None for SD 1.x / 2.x."""
+        from utils.generate.sampling import encode_pooled
 
+        pooled = encode_pooled(self.pipe, texts)
+        return None if pooled is None else pooled.to(self.device, self.pipe.unet.dtype)
+
+    def added_conditions(self, pooled: torch.Tensor | None, latents: torch.Tensor) -> dict | None:
+        """SDXL's extra UNet inputs for `latents` (pooled embedding, size/crop ids); None for SD 1.x / 2.x."""
+        from utils.generate.sampling import added_conditions, vae_scale_factor
+
+        f = vae_scale_factor(self.pipe)
+        return added_conditions(self.pipe, pooled, latents.shape[-2] * f, latents.shape[-1] * f)
+
+    def image(self, cond: torch.Tensor, row: dict, which: str, pooled: torch.Tensor | None = None):
+        """The image of model `which` for condition `cond` (77, d) with the row's seed, guidance and size,
+        made exactly as execs/generate_images.py makes it (same noise, sampler and batch rule). SDXL also
+        needs the pooled embedding `pooled` (p,) (see `text_image`)."""
+        from utils.generate.sampling import denoise, initial_noise, is_sdxl_pipeline, vae_scale_factor
+
+        if is_sdxl_pipeline(self.pipe) and pooled is None:
+            raise ValueError("an SDXL image needs the condition's pooled embedding")
         f = vae_scale_factor(self.pipe)
         noise = initial_noise(row["seed"], 1, self.pipe.unet.config.in_channels, row["height"] // f, row["width"] // f)
         unet = self.pipe.unet
+        if pooled is not None:
+            pooled = pooled.reshape(1, -1).to(unet.device, unet.dtype)
         with self.pair.use(which), torch.inference_mode():
             return denoise(self.pipe, cond.reshape(1, *cond.shape[-2:]).to(unet.device, unet.dtype), self.uncond,
                            noise.to(unet.device, unet.dtype), torch.tensor([float(row["guidance"])]), self.sampler,
-                           sld=self.sld if which == "erased" else None, sld_embedding=self.sld_embedding)[0]
+                           sld=self.sld if which == "erased" else None, sld_embedding=self.sld_embedding,
+                           pooled=pooled, uncond_pooled=self.uncond_pooled)[0]
+
+    def text_image(self, text: str, row: dict, which: str):
+        """The image of model `which` for the prompt `text` (with its own pooled embedding on SDXL): what
+        execs/generate_images.py makes of a row with this prompt."""
+        pooled = self.encode_pooled([text])
+        return self.image(self.encode([text])[0], row, which, None if pooled is None else pooled[0])
 
     def save(self, image, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -257,24 +277,27 @@ class Context:
 
 def load_context(args, common: Common, run_dir: Path) -> Context:
     """Load the pipeline once, the checkpoint as a switchable tensor set, the sampler and the judge."""
-    from utils.generate.sampling import encode_prompts, make_sampler
+    from utils.generate.sampling import encode_prompts, make_sampler, unconditional
     from utils.io import quiet_libraries
-    from utils.models import load_pipeline
+    from utils.models import TextEncoders, load_pipeline
     from utils.attack.weights import load_model_pair
 
     quiet_libraries()
     pipe = load_pipeline(common.model_id, device=common.device)
-    pipe.unet.requires_grad_(False)
-    pipe.text_encoder.requires_grad_(False)
-    pipe.vae.requires_grad_(False)
+    text = TextEncoders.from_pipeline(pipe)
+    for module in [pipe.unet, pipe.vae, *text.encoders]:
+        module.requires_grad_(False)
     pair = load_model_pair(pipe, args.ckpt, common.model_id)
     sampler = make_sampler(args.scheduler, args.ddim_steps, common.device,
                            getattr(pipe.scheduler.config, "prediction_type", "epsilon"))
-    uncond = encode_prompts(pipe, [""]).to(common.device, pipe.unet.dtype)
+    uncond, uncond_pooled = unconditional(pipe)  # as generation's negative condition (docs/models.md)
+    uncond = uncond.to(common.device, pipe.unet.dtype)
+    uncond_pooled = None if uncond_pooled is None else uncond_pooled.to(common.device, pipe.unet.dtype)
     judge = Judge(common.judge, args.concept, common.preset, common.candidates, str(common.device))
     sld_embedding = None if common.sld is None else \
         encode_prompts(pipe, [common.sld.concept]).to(common.device, pipe.unet.dtype)
-    return Context(pipe, pair, judge, sampler, uncond, run_dir, args.seed, common.device, common.sld, sld_embedding)
+    return Context(pipe, pair, judge, sampler, uncond, run_dir, args.seed, common.device, common.sld, sld_embedding,
+                   uncond_pooled, text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,8 +397,7 @@ def run_prompts(ctx: Context, table, attack_one, state, *, judge_settings: dict,
     for row in bar:
         t0 = time.perf_counter()
         case = int(row["case_number"])
-        cond = ctx.encode([row["prompt"]])[0]
-        plain = ctx.image(cond, row, "erased")
+        plain = ctx.text_image(row["prompt"], row, "erased")
         plain_path = ctx.save(plain, run_dir / "no_attack" / f"{case}.png")
         verdict = ctx.judge_image(plain, plain_path)
         record = {"case_number": case, "prompt": row["prompt"], "seed": row["seed"], "guidance": row["guidance"],

@@ -80,9 +80,31 @@ def make_layout(tokenizer, prompt: str, layout: str, k: int = 0, every: int = 3)
 
 
 def allowed_token_ids(tokenizer) -> torch.Tensor:
-    """Every id of the vocabulary except the special tokens (start, end, padding, unknown)."""
-    special = set(tokenizer.all_special_ids)
-    return torch.tensor([i for i in range(len(tokenizer)) if i not in special], dtype=torch.long)
+    """Every id of the vocabulary except the special tokens (start, end, padding, unknown); for a list
+    of tokenizers (SDXL's two), except the special tokens of any of them."""
+    tokenizers = tokenizer if isinstance(tokenizer, (list, tuple)) else [tokenizer]
+    special = set().union(*(t.all_special_ids for t in tokenizers))
+    return torch.tensor([i for i in range(len(tokenizers[0])) if i not in special], dtype=torch.long)
+
+
+def make_layouts(tokenizers: list, prompt: str, layout: str, k: int = 0, every: int = 3) -> list[Layout]:
+    """One `make_layout` per tokenizer (SDXL: two), with the learnable tokens at the same positions.
+
+    The attacks place ONE adversarial token id per position in every encoder's sequence (each encoder
+    embeds it with its own table), so the tokenizers must share their vocabulary (SDXL's two do: they
+    differ only in the padding token); raises UserError (a property of the model) otherwise."""
+    from utils.errors import UserError
+
+    first = tokenizers[0]
+    for other in tokenizers[1:]:
+        if len(other) != len(first) or other.get_vocab() != first.get_vocab():
+            raise UserError("the model's two tokenizers do not share one vocabulary: an adversarial token id "
+                            "cannot be placed in both encoders' sequences")
+    layouts = [make_layout(t, prompt, layout, k, every) for t in tokenizers]
+    for other in layouts[1:]:
+        if not torch.equal(other.adv_positions, layouts[0].adv_positions):
+            raise UserError(f"the model's two tokenizers split the prompt {prompt!r} differently")
+    return layouts
 
 
 def ids_to_text(tokenizer, ids: torch.Tensor) -> str:

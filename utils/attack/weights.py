@@ -92,19 +92,21 @@ class ModelPair:
             if self.current != before:
                 self._load(before)
 
-    def eps(self, which: str, x_t: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:
-        """The noise prediction of model `which` at (x_t, t) conditioned on `cond` (B, 77, d)."""
+    def eps(self, which: str, x_t: torch.Tensor, t, cond: torch.Tensor, added_cond_kwargs: dict | None = None) -> torch.Tensor:
+        """The noise prediction of model `which` at (x_t, t) conditioned on `cond` (B, 77, d); SDXL also
+        takes `added_cond_kwargs` (pooled embedding and time ids, `utils.generate.sampling.added_conditions`)."""
+        kwargs = {"encoder_hidden_states": cond, "return_dict": False}
+        if added_cond_kwargs is not None:
+            kwargs["added_cond_kwargs"] = added_cond_kwargs
         if which == "erased" and self.erased and self.current == "base":
             from torch.func import functional_call
 
-            return functional_call(self.unet, self.erased, (x_t, t), {"encoder_hidden_states": cond,
-                                                                       "return_dict": False}, strict=False)[0]
+            return functional_call(self.unet, self.erased, (x_t, t), kwargs, strict=False)[0]
         if which == "base" and self.erased and self.current == "erased":
             from torch.func import functional_call
 
-            return functional_call(self.unet, self._base, (x_t, t), {"encoder_hidden_states": cond,
-                                                                      "return_dict": False}, strict=False)[0]
-        return self.unet(x_t, t, encoder_hidden_states=cond, return_dict=False)[0]
+            return functional_call(self.unet, self._base, (x_t, t), kwargs, strict=False)[0]
+        return self.unet(x_t, t, **kwargs)[0]
 
     def nbytes(self) -> int:
         """Memory held for switching: the erased tensors and the saved base tensors."""
