@@ -148,9 +148,9 @@ def main(args):
         first_df = df if first_df is None else first_df
         images = np.stack([np.asarray(im) for im in pil])
         judged = shapes.score_images(images)
-        row = score_method(df, judged, images, args.concept, reference)
-        if reference is None:
+        if reference is None:  # the first method is the reference (its own fidelity: 100%, 0)
             reference = (np.array(judged["colour"]), np.array(judged["shape"]), images)
+        row = score_method(df, judged, images, args.concept, reference)
         for prefix, label in ATTACKS.items():
             row[f"asr_{prefix.replace('-', '_')}"] = read_asr(root / f"{prefix}-{slug}")
         table[name] = row

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/demo}
 CONCEPT=${CONCEPT:-red}
 PRESERVE=${PRESERVE:-yellow,green,blue,purple}   # the other colours, kept by the edits
-ETA=${ETA:-1.0}
+ETA=${ETA:-0.5}
 STEPS=${STEPS:-25}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 rm -rf "$OUT" && mkdir -p "$OUT"
