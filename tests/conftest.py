@@ -13,6 +13,13 @@ sys.path.insert(0, str(REPO))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# Under pytest-xdist (`-n auto`, the README's test command) each worker and the CLIs it starts share
+# the cores: one thread each unless OMP_NUM_THREADS says otherwise, so that 2 workers on 2 cores do not
+# oversubscribe them (the tests' CLI runs are dominated by one-threaded imports and tiny models anyway).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def gram_cache_dir(tmp_path_factory) -> Path:
@@ -119,7 +126,15 @@ SLOW_TESTS = {
 }
 
 
+LONGEST_FIRST = ("tests/test_scripts.py", "tests/test_commands.py", "tests/test_demo.py")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid.split("[")[0] in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+    # The files of the longest tests first (each paper script, the README's and the docstrings' command
+    # chains, the demo: minutes each), the rest in their order: pytest-xdist hands tests to its workers
+    # in this order, so the short tests fill the ends of the workers' runs instead of one script test
+    # running alone at the end. Each file stays in one piece (its module fixtures are built once).
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in LONGEST_FIRST)
