@@ -39,6 +39,15 @@ def tiny_pipeline_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def scorer_env(tmp_path_factory) -> dict:
+    """Environment under which the scorers' default models resolve to tiny offline stand-ins
+    (`tiny.offline_scorers`), built once per session for the script and command tests."""
+    from tiny import offline_scorers
+
+    return offline_scorers(tmp_path_factory.mktemp("home"))
+
+
 @pytest.fixture(scope="module")
 def pipe(tiny_pipeline_dir):
     """The tiny pipeline loaded in process, run on one thread (as the CLIs run in the tests)."""

@@ -141,13 +141,11 @@ def budget_flags(script: str, argv: list[str], tiny: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def workspace_env(tmp_path_factory, tiny_pipeline_dir):
+def workspace_env(scorer_env):
     import os
     import sys
 
-    from tiny import offline_scorers
-
-    env = offline_scorers(tmp_path_factory.mktemp("home"))
+    env = dict(scorer_env)
     env.update(OMP_NUM_THREADS="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     return env
 
