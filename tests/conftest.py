@@ -136,6 +136,7 @@ SLOW_TESTS = {
 
 
 LONGEST_FIRST = ("tests/test_scripts.py", "tests/test_commands.py", "tests/test_demo.py")
+_ORDER = {name: i for i, name in enumerate(LONGEST_FIRST)}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -144,6 +145,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
     # The files of the longest tests first (each paper script, the README's and the docstrings' command
     # chains, the demo: minutes each), the rest in their order: pytest-xdist hands tests to its workers
-    # in this order, so the short tests fill the ends of the workers' runs instead of one script test
-    # running alone at the end. Each file stays in one piece (its module fixtures are built once).
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in LONGEST_FIRST)
+    # in this order (the first chunk of each worker at once: the scripts to one, the command chains and
+    # the demo to the other), so the short tests fill the ends of the workers' runs instead of one
+    # script test running alone at the end. Each file stays in one piece (its module fixtures are
+    # built once).
+    items.sort(key=lambda item: _ORDER.get(item.nodeid.split("::")[0], len(_ORDER)))
