@@ -13,12 +13,14 @@ sys.path.insert(0, str(REPO))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# Under pytest-xdist (`-n auto`, the README's test command) each worker and the CLIs it starts share
-# the cores: one thread each unless OMP_NUM_THREADS says otherwise, so that 2 workers on 2 cores do not
-# oversubscribe them (the tests' CLI runs are dominated by one-threaded imports and tiny models anyway).
+# Under pytest-xdist (`-n auto`, the README's test command) the workers share the cores: each worker
+# and the CLIs it starts get cores / workers threads (one each with 2 workers on 2 cores) unless
+# OMP_NUM_THREADS says otherwise, so that the workers do not oversubscribe the cores (the tests' CLI
+# runs are dominated by one-threaded imports and tiny models anyway).
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
+    _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _CORES // _WORKERS)))
 
 
 @pytest.fixture(scope="session", autouse=True)
