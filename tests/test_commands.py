@@ -199,7 +199,7 @@ def test_docstring_commands_run(tmp_path, workspace_env, tiny_pipeline_dir):
     # A docstring example that is also a README command, word for word, is run (with the same budget
     # flags, on the same small datasets) by test_readme_commands_run; the chain here reads none of
     # their outputs, so it does not run them a second time.
-    in_readme_test = [(script, argv) for script, argv in readme_commands_run()]
+    in_readme_test = readme_commands_run()
     skipped = []
     for step in DOC_ORDER:
         script = SETUP[step][0] if step in SETUP else step
