@@ -13,6 +13,15 @@ sys.path.insert(0, str(REPO))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# Under pytest-xdist (`-n auto`, the README's test command) the workers share the cores: each worker
+# and the CLIs it starts get cores / workers threads (one each with 2 workers on 2 cores) unless
+# OMP_NUM_THREADS says otherwise, so that the workers do not oversubscribe the cores (the tests' CLI
+# runs are dominated by one-threaded imports and tiny models anyway).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _CORES // _WORKERS)))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def gram_cache_dir(tmp_path_factory) -> Path:
@@ -30,6 +39,15 @@ def tiny_pipeline_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny_sd")
     build_random_pipeline(folder, "tiny", seed=0)
     return folder
+
+
+@pytest.fixture(scope="session")
+def scorer_env(tmp_path_factory) -> dict:
+    """Environment under which the scorers' default models resolve to tiny offline stand-ins
+    (`tiny.offline_scorers`), built once per session for the script and command tests."""
+    from tiny import offline_scorers
+
+    return offline_scorers(tmp_path_factory.mktemp("home"))
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +137,18 @@ SLOW_TESTS = {
 }
 
 
+LONGEST_FIRST = ("tests/test_scripts.py", "tests/test_commands.py", "tests/test_demo.py")
+_ORDER = {name: i for i, name in enumerate(LONGEST_FIRST)}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid.split("[")[0] in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+    # The files of the longest tests first (each paper script, the README's and the docstrings' command
+    # chains, the demo: minutes each), the rest in their order: pytest-xdist hands tests to its workers
+    # in this order (the first chunk of each worker at once: the scripts to one, the command chains and
+    # the demo to the other), so the short tests fill the ends of the workers' runs instead of one
+    # script test running alone at the end. Each file stays in one piece (its module fixtures are
+    # built once).
+    items.sort(key=lambda item: _ORDER.get(item.nodeid.split("::")[0], len(_ORDER)))

@@ -24,11 +24,10 @@ PAPER_SCRIPTS = ["nudity", "unsafe", "art", "object", "attack"]
 
 
 @pytest.fixture(scope="module")
-def script_env(tmp_path_factory, tiny_pipeline_dir) -> dict:
-    from tiny import offline_scorers, write_small_datasets
+def script_env(tmp_path_factory, tiny_pipeline_dir, scorer_env) -> dict:
+    from tiny import write_small_datasets
 
-    home = tmp_path_factory.mktemp("home")
-    env = offline_scorers(home)
+    env = dict(scorer_env)
     data = write_small_datasets(tmp_path_factory.mktemp("data"), image_size=16, always={"i2p.csv": [2260]})
     env.update(MODEL=str(tiny_pipeline_dir), DEVICE="cpu", DATA=str(data), STEPS="2", OMP_NUM_THREADS="1",
                ESD_ITERS="2", ATTACK_ITERS="1", ATTACK_TIMESTEPS="500",
