@@ -7,8 +7,14 @@ string, an argument...). Most of a test run here is importing torch, transformer
 this process imports them once and runs the tests of each mutant in a fork of itself: the fork
 imports the project afresh and so sees the mutated file. A mutant is killed when its tests fail (or
 run past `--timeout_factor` times the unmutated run), survives when they pass. The file is restored
-after every mutant and on exit. Prints the score and each survivor's diff; `--out` keeps them as
-JSON. `--only 3,17` reruns chosen mutants (e.g. the survivors after adding tests).
+after every mutant and on exit (and on SIGTERM). The tests must not run from the same tree meanwhile:
+they would see the mutants. Prints the score and each survivor's diff; `--out` keeps them as
+JSON. `--only 3,17` reruns chosen mutants (e.g. the survivors after adding tests); `--sample 200
+--seed 0` runs a seeded random sample of them instead of all (the score is then a sample's).
+
+The tiny pipeline of the `tiny_pipeline_dir` fixture (`tests/tiny.py`, preset "tiny", seed 0) is built
+once here and copied for each mutant: building it is most of a short test run. No bytecode is
+written, so a mutant never runs from another mutant's stale `.pyc`.
 """
 from __future__ import annotations
 
@@ -16,7 +22,10 @@ import argparse
 import difflib
 import json
 import os
+import random
+import shutil
 import signal
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -30,6 +39,8 @@ def parse_args(argv=None):
     p.add_argument("module", help="the file to mutate, relative to the repository root")
     p.add_argument("tests", nargs="+", help="pytest arguments selecting the tests that guard it")
     p.add_argument("--only", default=None, help="comma-separated mutant numbers to run (default: all)")
+    p.add_argument("--sample", type=int, default=None, help="run a random sample of this many mutants")
+    p.add_argument("--seed", type=int, default=0, help="the seed of --sample")
     p.add_argument("--timeout_factor", type=float, default=5.0,
                    help="a mutant whose tests run longer than this times the clean run counts as killed")
     p.add_argument("--out", default=None, help="JSON file for the per-mutant results")
@@ -43,6 +54,7 @@ def run_tests(tests: list[str], timeout: float | None) -> tuple[int, float]:
     if pid == 0:
         code = 1
         try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             sys.path[:0] = [str(REPO), str(REPO / "tests")]
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
@@ -67,7 +79,6 @@ def main(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.chdir(REPO)
     import diffusers  # noqa: F401  (the slow imports, once, before any fork)
-    import mutmut
     import pandas  # noqa: F401
     import pytest  # noqa: F401
     import safetensors.torch  # noqa: F401
@@ -75,10 +86,44 @@ def main(args) -> int:
     import transformers  # noqa: F401
 
     torch.set_num_threads(1)
+    sys.dont_write_bytecode = True
+    tiny_cache = Path(tempfile.mkdtemp(prefix="mutation_tiny_"))
+    try:
+        share_tiny_pipeline(tiny_cache)
+        return run_mutants(args)
+    finally:
+        shutil.rmtree(tiny_cache, ignore_errors=True)
+
+
+def share_tiny_pipeline(cache: Path) -> None:
+    """Build the session fixture's tiny pipeline once; each fork's `build_random_pipeline(folder, "tiny",
+    seed=0)` copies it (the same files: the build is seeded)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    import tiny
+
+    build = tiny.build_random_pipeline
+    build(cache / "pipe", "tiny", seed=0)
+
+    def build_or_copy(folder, preset="tiny", seed=0, *rest, **kwargs):
+        if preset == "tiny" and seed == 0 and not rest and not kwargs:
+            shutil.copytree(cache / "pipe", folder, dirs_exist_ok=True)
+            return None
+        return build(folder, preset, seed, *rest, **kwargs)
+
+    tiny.build_random_pipeline = build_or_copy
+
+
+def run_mutants(args) -> int:
+    import mutmut
+
     path = REPO / args.module
     source = path.read_text()
+    # `kill` (SIGTERM) ends the run through the `finally` below, which restores the file
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"terminated; {args.module} restored"))
     ids = mutmut.list_mutations(mutmut.Context(source=source, filename=args.module))
-    chosen = range(len(ids)) if not args.only else [int(i) for i in args.only.split(",")]
+    chosen = list(range(len(ids))) if not args.only else [int(i) for i in args.only.split(",")]
+    if args.sample is not None and args.sample < len(chosen):
+        chosen = sorted(random.Random(args.seed).sample(chosen, args.sample))
 
     code, clean_seconds = run_tests(args.tests, None)
     if code != 0:
@@ -108,7 +153,9 @@ def main(args) -> int:
             print(f"--- survivor {r['mutant']} (line {r['line']}):\n{r['diff']}")
     if args.out:
         Path(args.out).write_text(json.dumps({"module": args.module, "tests": args.tests, "killed": killed,
-                                              "total": len(results), "mutants": results}, indent=1))
+                                              "total": len(results), "of": len(ids),
+                                              "sample": args.sample, "seed": args.seed,
+                                              "mutants": results}, indent=1))
     return 0
 
 
