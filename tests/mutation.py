@@ -10,7 +10,8 @@ run past `--timeout_factor` times the unmutated run), survives when they pass. T
 after every mutant and on exit (and on SIGTERM). The tests must not run from the same tree meanwhile:
 they would see the mutants. Prints the score and each survivor's diff; `--out` keeps them as
 JSON. `--only 3,17` reruns chosen mutants (e.g. the survivors after adding tests); `--sample 200
---seed 0` runs a seeded random sample of them instead of all (the score is then a sample's).
+--seed 0` runs a seeded random sample of them instead of all (the score is then a sample's);
+`--function select_best` only the mutants inside one top-level function or class.
 
 The tiny pipeline of the `tiny_pipeline_dir` fixture (`tests/tiny.py`, preset "tiny", seed 0) is built
 once here and copied for each mutant: building it is most of a short test run. No bytecode is
@@ -39,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument("module", help="the file to mutate, relative to the repository root")
     p.add_argument("tests", nargs="+", help="pytest arguments selecting the tests that guard it")
     p.add_argument("--only", default=None, help="comma-separated mutant numbers to run (default: all)")
+    p.add_argument("--function", default=None,
+                   help="mutate only the lines of this top-level function or class (e.g. select_best)")
     p.add_argument("--sample", type=int, default=None, help="run a random sample of this many mutants")
     p.add_argument("--seed", type=int, default=0, help="the seed of --sample")
     p.add_argument("--timeout_factor", type=float, default=5.0,
@@ -113,6 +116,16 @@ def share_tiny_pipeline(cache: Path) -> None:
     tiny.build_random_pipeline = build_or_copy
 
 
+def definition_lines(source: str, name: str) -> tuple[int, int]:
+    """First and last line (1-based) of top-level function or class `name`, decorators included."""
+    import ast
+
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            return min([node.lineno] + [d.lineno for d in node.decorator_list]), node.end_lineno
+    sys.exit(f"--function {name}: no top-level function or class of that name")
+
+
 def run_mutants(args) -> int:
     import mutmut
 
@@ -122,6 +135,9 @@ def run_mutants(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"terminated; {args.module} restored"))
     ids = mutmut.list_mutations(mutmut.Context(source=source, filename=args.module))
     chosen = list(range(len(ids))) if not args.only else [int(i) for i in args.only.split(",")]
+    if args.function:
+        first, last = definition_lines(source, args.function)
+        chosen = [n for n in chosen if first <= ids[n].line_number + 1 <= last]
     if args.sample is not None and args.sample < len(chosen):
         chosen = sorted(random.Random(args.seed).sample(chosen, args.sample))
 
@@ -154,6 +170,7 @@ def run_mutants(args) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps({"module": args.module, "tests": args.tests, "killed": killed,
                                               "total": len(results), "of": len(ids),
+                                              "function": args.function,
                                               "sample": args.sample, "seed": args.seed,
                                               "mutants": results}, indent=1))
     return 0
