@@ -11,7 +11,9 @@ after every mutant and on exit (and on SIGTERM). The tests must not run from the
 they would see the mutants. Prints the score and each survivor's diff; `--out` keeps them as
 JSON. `--only 3,17` reruns chosen mutants (e.g. the survivors after adding tests); `--sample 200
 --seed 0` runs a seeded random sample of them instead of all (the score is then a sample's);
-`--function select_best` only the mutants inside one top-level function or class.
+`--function select_best` only the mutants inside one top-level function or class. Each killed
+mutant records the first test that failed (`killed_by`; pytest runs with -x): with the tests that
+were there before listed first and named by `--baseline`, one run gives both scores.
 
 The tiny pipeline of the `tiny_pipeline_dir` fixture (`tests/tiny.py`, preset "tiny", seed 0) is built
 once here and copied for each mutant: building it is most of a short test run. No bytecode is
@@ -46,13 +48,37 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="the seed of --sample")
     p.add_argument("--timeout_factor", type=float, default=5.0,
                    help="a mutant whose tests run longer than this times the clean run counts as killed")
+    p.add_argument("--baseline", default=None,
+                   help="comma-separated test path prefixes (e.g. tests/test_closed_form.py) that were there before: "
+                        "list them first; the score of those alone is printed too (a timeout counts for them)")
     p.add_argument("--out", default=None, help="JSON file for the per-mutant results")
     return p.parse_args(argv)
 
 
-def run_tests(tests: list[str], timeout: float | None) -> tuple[int, float]:
-    """Exit status of pytest over `tests` in a fork (None timeout: wait), and its seconds."""
+class FirstFailure:
+    """pytest plugin: writes the node id of the first failing test (or collection) to `path`."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def _record(self, report):
+        if report.failed and not os.path.exists(self.path):
+            Path(self.path).write_text(report.nodeid or "(collection)")
+
+    def pytest_runtest_logreport(self, report):
+        self._record(report)
+
+    def pytest_collectreport(self, report):
+        self._record(report)
+
+
+def run_tests(tests: list[str], timeout: float | None) -> tuple[int, float, str | None]:
+    """Exit status of pytest over `tests` in a fork (None timeout: wait), its seconds, and the first
+    failing test's node id (None when none failed; "timeout" when killed)."""
     start = time.monotonic()
+    fd, first = tempfile.mkstemp(prefix="mutation_first_failure_")
+    os.close(fd)
+    os.unlink(first)
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -63,17 +89,21 @@ def run_tests(tests: list[str], timeout: float | None) -> tuple[int, float]:
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
             import pytest
-            code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-p", "no:warnings", *tests]))
+            code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-p", "no:warnings", *tests],
+                                   plugins=[FirstFailure(first)]))
         finally:
             os._exit(code)
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            return os.waitstatus_to_exitcode(status), time.monotonic() - start
+            failed = Path(first).read_text() if os.path.exists(first) else None
+            Path(first).unlink(missing_ok=True)
+            return os.waitstatus_to_exitcode(status), time.monotonic() - start, failed
         if timeout is not None and time.monotonic() - start > timeout:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            return -signal.SIGKILL, time.monotonic() - start
+            Path(first).unlink(missing_ok=True)
+            return -signal.SIGKILL, time.monotonic() - start, "timeout"
         time.sleep(0.05)
 
 
@@ -141,7 +171,7 @@ def run_mutants(args) -> int:
     if args.sample is not None and args.sample < len(chosen):
         chosen = sorted(random.Random(args.seed).sample(chosen, args.sample))
 
-    code, clean_seconds = run_tests(args.tests, None)
+    code, clean_seconds, _ = run_tests(args.tests, None)
     if code != 0:
         sys.exit(f"the tests fail on the unmutated {args.module} (exit {code}); fix them first")
     results = []
@@ -151,17 +181,25 @@ def run_mutants(args) -> int:
             if count == 0:
                 continue
             path.write_text(mutated)
-            code, seconds = run_tests(args.tests, args.timeout_factor * clean_seconds + 5)
+            code, seconds, killed_by = run_tests(args.tests, args.timeout_factor * clean_seconds + 5)
             path.write_text(source)
             diff = "".join(l for l in difflib.unified_diff(source.splitlines(True), mutated.splitlines(True), n=0)
                            if l[:1] in "+-" and not l.startswith(("+++", "---")))
             status = "survived" if code == 0 else "killed"
             results.append({"mutant": n, "line": ids[n].line_number + 1, "status": status, "exit": code,
+                            "killed_by": killed_by if status == "killed" else None,
                             "seconds": round(seconds, 1), "diff": diff})
             print(f"mutant {n:3d} line {ids[n].line_number + 1:4d}: {status}", flush=True)
     finally:
         path.write_text(source)
     killed = sum(r["status"] == "killed" for r in results)
+    baseline_killed = None
+    if args.baseline:
+        prefixes = tuple(args.baseline.split(","))
+        baseline_killed = sum(r["status"] == "killed" and (r["killed_by"] == "timeout" or
+                                                         r["killed_by"] is None or r["killed_by"].startswith(prefixes))
+                              for r in results)
+        print(f"\n{args.module}: {baseline_killed}/{len(results)} mutants killed by {args.baseline} alone")
     print(f"\n{args.module}: {killed}/{len(results)} mutants killed "
           f"({100 * killed / max(1, len(results)):.0f}%) by {' '.join(args.tests)}")
     for r in results:
@@ -170,7 +208,8 @@ def run_mutants(args) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps({"module": args.module, "tests": args.tests, "killed": killed,
                                               "total": len(results), "of": len(ids),
-                                              "function": args.function,
+                                              "function": args.function, "baseline": args.baseline,
+                                              "baseline_killed": baseline_killed,
                                               "sample": args.sample, "seed": args.seed,
                                               "mutants": results}, indent=1))
     return 0
