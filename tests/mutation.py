@@ -45,7 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--function", default=None,
                    help="mutate only the lines of this top-level function or class (e.g. select_best)")
     p.add_argument("--sample", type=int, default=None, help="run a random sample of this many mutants")
-    p.add_argument("--seed", type=int, default=0, help="the seed of --sample")
+    p.add_argument("--shuffle", action="store_true", help="run the mutants in a random order (seeded by --seed)")
+    p.add_argument("--seed", type=int, default=0, help="the seed of --sample and --shuffle")
     p.add_argument("--timeout_factor", type=float, default=5.0,
                    help="a mutant whose tests run longer than this times the clean run counts as killed")
     p.add_argument("--baseline", default=None,
@@ -156,6 +157,23 @@ def definition_lines(source: str, name: str) -> tuple[int, int]:
     sys.exit(f"--function {name}: no top-level function or class of that name")
 
 
+def write_results(args, ids, results: list, complete: bool) -> tuple[int, int | None]:
+    """(killed, killed by the --baseline tests alone); writes --out (JSON) when given."""
+    killed = sum(r["status"] == "killed" for r in results)
+    baseline_killed = None
+    if args.baseline:
+        prefixes = tuple(args.baseline.split(","))
+        baseline_killed = sum(r["status"] == "killed" and (r["killed_by"] in ("timeout", None)
+                                                         or r["killed_by"].startswith(prefixes)) for r in results)
+    if args.out:
+        Path(args.out).write_text(json.dumps({
+            "module": args.module, "tests": args.tests, "complete": complete, "killed": killed,
+            "total": len(results), "of": len(ids), "function": args.function, "sample": args.sample,
+            "seed": args.seed, "baseline": args.baseline, "baseline_killed": baseline_killed,
+            "mutants": results}, indent=1))
+    return killed, baseline_killed
+
+
 def run_mutants(args) -> int:
     import mutmut
 
@@ -169,7 +187,9 @@ def run_mutants(args) -> int:
         first, last = definition_lines(source, args.function)
         chosen = [n for n in chosen if first <= ids[n].line_number + 1 <= last]
     if args.sample is not None and args.sample < len(chosen):
-        chosen = sorted(random.Random(args.seed).sample(chosen, args.sample))
+        chosen = random.Random(args.seed).sample(chosen, args.sample)   # in random order: any prefix is a sample too
+    elif args.shuffle:
+        random.Random(args.seed).shuffle(chosen)
 
     code, clean_seconds, _ = run_tests(args.tests, None)
     if code != 0:
@@ -190,28 +210,17 @@ def run_mutants(args) -> int:
                             "killed_by": killed_by if status == "killed" else None,
                             "seconds": round(seconds, 1), "diff": diff})
             print(f"mutant {n:3d} line {ids[n].line_number + 1:4d}: {status}", flush=True)
+            write_results(args, ids, results, complete=False)   # a stopped run keeps what it measured
     finally:
         path.write_text(source)
-    killed = sum(r["status"] == "killed" for r in results)
-    baseline_killed = None
-    if args.baseline:
-        prefixes = tuple(args.baseline.split(","))
-        baseline_killed = sum(r["status"] == "killed" and (r["killed_by"] == "timeout" or
-                                                         r["killed_by"] is None or r["killed_by"].startswith(prefixes))
-                              for r in results)
+    killed, baseline_killed = write_results(args, ids, results, complete=True)
+    if baseline_killed is not None:
         print(f"\n{args.module}: {baseline_killed}/{len(results)} mutants killed by {args.baseline} alone")
     print(f"\n{args.module}: {killed}/{len(results)} mutants killed "
           f"({100 * killed / max(1, len(results)):.0f}%) by {' '.join(args.tests)}")
     for r in results:
         if r["status"] == "survived":
             print(f"--- survivor {r['mutant']} (line {r['line']}):\n{r['diff']}")
-    if args.out:
-        Path(args.out).write_text(json.dumps({"module": args.module, "tests": args.tests, "killed": killed,
-                                              "total": len(results), "of": len(ids),
-                                              "function": args.function, "baseline": args.baseline,
-                                              "baseline_killed": baseline_killed,
-                                              "sample": args.sample, "seed": args.seed,
-                                              "mutants": results}, indent=1))
     return 0
 
 
