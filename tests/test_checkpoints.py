@@ -52,6 +52,12 @@ def fails(match, fn, *args, **kwargs):
     return msg
 
 
+def test_format_names_are_the_ones_files_carry():
+    """Files already written carry these strings in their metadata: they must not change."""
+    assert ck.FORMAT == "rece-toolkit/edited-attn2/v1"
+    assert ck.TENSORS_FORMAT == "rece-toolkit/unet-tensors/v1"
+
+
 # -- writing and reading our format ----------------------------------------------------------------------------
 def test_save_writes_fp32_contiguous_copies_and_json_metadata(tmp_path):
     stacked = torch.randn(8, 3, dtype=torch.float64)
@@ -138,11 +144,11 @@ def test_not_a_state_dict_and_code_pickles_are_refused(tmp_path, shapes):
         def __reduce__(self):
             return (print, ("ran",))
 
-    with open(tmp_path / "code.pt", "wb") as f:
-        torch.save({K: Code()}, f)
-    msg = fails(["code.pt", "would run code", "weights_only=True"], ck.inspect_checkpoint,
-                tmp_path / "code.pt", shapes)
-    assert len(msg) < 400
+    torch.save({K: Code()}, tmp_path / "code.pt")
+    torch.save({K: Code()}, tmp_path / "legacy_code.pt", _use_new_zipfile_serialization=False)
+    for name in ("code.pt", "legacy_code.pt"):   # zip (mmap) and legacy (no mmap) readers alike
+        msg = fails([name, "would run code", "weights_only=True"], ck.inspect_checkpoint, tmp_path / name, shapes)
+        assert len(msg) < 400
     # a zip whose pickle is broken: read error, named with its type
     (tmp_path / "broken.pt").write_bytes(b"PK\x03\x04" + b"\0" * 200)
     fails(["broken.pt", "could not be read as a torch state_dict"], ck.inspect_checkpoint,
