@@ -271,6 +271,7 @@ def test_load_checkpoint_into_unet_round_trip(tmp_path):
     before = {k: v.clone() for k, v in target.state_dict().items()}
     c = ck.load_checkpoint_into_unet(target, path)
     assert c.keys == (K, V)
+    assert fails("does not exist", ck.load_checkpoint_into_unet, SmallUNet(), tmp_path / "no.pt").startswith("--ckpt ")
     for k, v in target.state_dict().items():
         assert torch.equal(v, edit()[k] if k in (K, V) else before[k]), k
 
@@ -305,5 +306,6 @@ def test_check_checkpoint_reads_the_models_shapes(tiny_pipeline_dir, tmp_path):
     save_file({key: torch.zeros(1, 1)}, str(tmp_path / "bad.safetensors"))
     fails(["--target_ckpt", key, "[1, 1]"], ck.check_checkpoint, tmp_path / "bad.safetensors",
           str(tiny_pipeline_dir), "--target_ckpt")
-    fails(["--ckpt", "missing.safetensors", "does not exist"], ck.check_checkpoint, tmp_path / "missing.safetensors",
-          str(tiny_pipeline_dir))
+    msg = fails(["missing.safetensors", "does not exist"], ck.check_checkpoint, tmp_path / "missing.safetensors",
+                str(tiny_pipeline_dir))
+    assert msg.startswith("--ckpt ")   # the flag the user gave, by default --ckpt
