@@ -272,6 +272,12 @@ def test_cached_base_grams_are_written_then_read(tmp_path, start):
     off = GramCache(None)
     cached_base_grams(EditState(W, W_start), off, "m", {"unet": 1})
     assert off.status["weight_grams"] == "off"
+    # weights that cannot be fingerprinted are neither read from nor written to the cache
+    unknown = GramCache(tmp_path / "unknown")
+    state = EditState(W, W_start)
+    cached_base_grams(state, unknown, "m", None)
+    assert unknown.status["weight_grams"] == "off" and not (tmp_path / "unknown").exists()
+    torch.testing.assert_close(state.base_grams()[0], expected[0])
 
 
 # -- the UCE and RECE steps ------------------------------------------------------------------------------------
@@ -282,8 +288,8 @@ def test_uce_stage_edits_with_the_default_preserve_scale(text):
     preserve = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"]
     state = EditState(W)
     settings = uce_stage(state, cache, ["nudity"], [""], preserve, lamb=0.5, erase_scale=1.0, preserve_scale=None)
-    assert settings["preserve_scale"] == 0.1 and settings["num_preserve_texts"] == 12
-    assert settings["erase_texts"] == ["nudity"] and settings["guide_texts"] == [""]
+    assert settings == dict(lamb=0.5, erase_scale=1.0, preserve_scale=0.1, technique="replace", num_preserve_texts=12,
+                            erase_texts=["nudity"], guide_texts=[""], uce_tokens="slice")
     Ec, fc = explicit_embedding(text, "nudity")
     Eg, fg = explicit_embedding(text, "")
     F = max(fc, fg)
