@@ -335,3 +335,21 @@ def test_rece_epoch_derives_c_prime_from_the_current_weights_then_edits(text, me
     for k, w in state.matrices().items():
         torch.testing.assert_close(w, cf.closed_form_edit(W_cur[k].float(), pairs, P, 0.3, 1.0, 0.2),
                                    rtol=1e-3, atol=1e-4)
+
+
+def test_defaults_are_the_papers_edit_settings(text):
+    """rece_epoch's defaults are RECE's edit (docs/method.md §4: lamb 0.1, erase 1, preserve 0.1, `replace`),
+    uce_erase_pairs' the token slice of docs/method.md §2a."""
+    d = text.dim
+    W = weights(rows=(40, 40), d=d)
+    P = torch.eye(d, dtype=torch.float64)
+    by_default, explicit = EditState(W), EditState(W)
+    rece_epoch(by_default, TextCache(text), ["nudity"], [""], P, gamma=0.5, emb_computing="close_regzero")
+    rece_epoch(explicit, TextCache(text), ["nudity"], [""], P, gamma=0.5, emb_computing="close_regzero",
+               reg_item="both", lamb=0.1, erase_scale=1.0, preserve_scale=0.1, technique="replace")
+    for k, w in by_default.matrices().items():
+        assert torch.equal(w, explicit.matrices()[k])
+    cache = TextCache(text)
+    for (C, T), (C2, T2) in zip(uce_erase_pairs(cache, ["a big car"], ["car"]),
+                                uce_erase_pairs(cache, ["a big car"], ["car"], "slice")):
+        assert torch.equal(C, C2) and torch.equal(T, T2)
