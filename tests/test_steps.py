@@ -86,10 +86,11 @@ def test_gram_is_the_sum_over_texts_with_repeats(text, tokens, n):
     """Below and above the 64-text streaming threshold, repeated texts counted each time."""
     texts = [f"artist {i}" for i in range(n - 2)] + ["artist 0", "artist 0"]
     cache = TextCache(text, batch_size=16)
+    cache.embed(["another text"])
     G = cache.gram(texts, tokens=tokens)
     assert G.dtype == torch.float64
     torch.testing.assert_close(G, explicit_gram(text, texts, tokens), rtol=1e-6, atol=1e-6)
-    assert cache.num_encoded == n - 2   # each distinct text once
+    assert cache.num_encoded == 1 + n - 2   # each distinct text once, counted on top of earlier ones
     assert cache.gram(texts, tokens=tokens) is G
 
 
@@ -159,7 +160,9 @@ def test_snapshots_do_not_move_with_later_edits_and_iter_matches_each():
     # a branch that does not extend s2, then a different start
     branch = (state.W_a, (u1, u3))
     other = (state.W_a * 2, (u1,))
-    snaps = [s0, s1, s2, branch, s2, other]
+    other_extended = (other[0], (u1, u2))   # extends `other`'s updates
+    start_changes = (state.W_a * 3, (u1, u2, u3))   # extends the updates done, from another start
+    snaps = [s0, s1, s2, branch, s2, other, other_extended, start_changes]
     expected = [(s[0].double() @ explicit_K(8, s[1])) for s in snaps]
     for i, (got, exp) in enumerate(zip(state.iter_matrices(snaps), expected)):
         torch.testing.assert_close(torch.cat([v.double() for v in got.values()]), exp, rtol=1e-4, atol=1e-5,
