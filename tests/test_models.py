@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import run_script
+from conftest import REPO, run_script
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 FAST = {"OMP_NUM_THREADS": "1"}
@@ -251,6 +251,12 @@ def test_cache_hit_corrupt_and_stale(tmp_path_factory, tmp_path):
     assert set(statuses.values()) == {"hit"} and "weight_grams" in statuses and len(statuses) >= 3
     # only the concept and guide texts were encoded: the preserve sets came from the cache
     assert t2["texts_encoded"] == 2 < t1["texts_encoded"]
+    # the same folder named by a relative path (the CLIs run from the repository root) finds the entries
+    import os
+
+    relative, t2r = rece_run(os.path.relpath(folder, REPO), tmp_path / "b2", "--cache_dir", cache)
+    assert set(v for k, v in t2r["cache"].items() if k != "dir") == {"hit"}
+    assert all(torch.equal(relative[k], second[k]) for k in second)
     plain, t3 = rece_run(folder, tmp_path / "c", "--no_cache")
     assert t3["cache"] == {"dir": None, **{k: "off" for k in statuses}}
     for k in first:

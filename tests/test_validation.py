@@ -52,8 +52,13 @@ def test_shapes_validation_table(tmp_path, concepts, colours, kinds):
     written = pd.read_csv(tmp_path / "v" / "validation_prompts.csv")
     assert set(written["colour"]) == (colours or set(shapes.COLOURS))
     assert set(written["shape"]) == (kinds or set(shapes.SHAPES))
-    # two seeds per (colour, shape), from 10,000 on: apart from the evaluation's seeds
-    assert len(written) == 2 * len(set(written["colour"])) * len(set(written["shape"]))
+    if kinds is None:  # colours only: the colour asked by name (every template x shape), synonym, object
+        assert list(written["set"].drop_duplicates()) == ["explicit", "synonym", "implicit"]
+        assert written["set"].value_counts().to_dict() == {"explicit": 4 * len(shapes.SHAPES), "synonym": 20,
+                                                           "implicit": 20}
+    else:  # two seeds per (colour, shape)
+        assert len(written) == 2 * len(set(written["colour"])) * len(set(written["shape"]))
+    # seeds from 10,000 on: apart from the evaluation's seeds
     assert written["evaluation_seed"].min() == 10_000 and written["evaluation_seed"].is_unique
     assert list(table["prompt"]) == list(written["prompt"])
     assert list(table["seed"]) == list(written["evaluation_seed"])

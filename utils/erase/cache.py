@@ -28,6 +28,15 @@ import torch
 
 from ..io import atomic_path
 
+
+def location_key(name):
+    """How an entry names a model or checkpoint: an existing local path resolved (so a relative and an
+    absolute path, or another working directory, find the same entry), anything else (a Hub id) as is."""
+    if name is None:
+        return None
+    path = Path(str(name))
+    return str(path.resolve()) if path.exists() else str(name)
+
 FORMAT = "rece-toolkit/gram-cache/v1"
 ENV = "RECE_TOOLKIT_CACHE"
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from utils.erase import closed_form as cf
-from utils.erase.cache import GramCache, texts_sha256
+from utils.erase.cache import GramCache, location_key, texts_sha256
 from utils.models import TextEncoders, encode_gram, encode_texts
 
 
@@ -61,7 +61,7 @@ class TextCache:
             elif self.cache is None:
                 self._gram[key] = self._compute_gram(list(texts), progress, tokens)
             else:
-                identity = {"kind": "preserve_gram", "model": self.model_id, "tokens": tokens,
+                identity = {"kind": "preserve_gram", "model": location_key(self.model_id), "tokens": tokens,
                             "texts_sha256": texts_sha256(texts), "num_texts": len(texts), "dim": self.dim}
                 self._gram[key] = self.cache.get(
                     f"preserve_gram[{len(texts)} texts {identity['texts_sha256'][:8]}, tokens={tokens}]",
@@ -220,7 +220,8 @@ def cached_base_grams(state: EditState, cache: GramCache, model_id: str, weights
 
     same = state.W_a is state.W_orig
     d = state.dim
-    identity = {"kind": "weight_grams", "model": model_id, "start": None if same else start, "dim": d}
+    identity = {"kind": "weight_grams", "model": location_key(model_id), "start": None if same else location_key(start),
+                "dim": d}
     fingerprint = None
     if cache.enabled and weights_fingerprint is not None:
         fingerprint = {"weights": weights_fingerprint,
