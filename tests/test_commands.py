@@ -29,6 +29,7 @@ def commands():
             if not m or line.startswith("#"):
                 continue
             rest = re.split(r"\s(?:&&|\|\||;|\|)\s", m.group(2))[0]
+            rest = re.sub(r'"?\$\{\w+\[@\]\}"?', "", rest)  # a bash array of flags the script builds: unknown here
             rest = re.sub(r"\$\{?(\w+)(:-[^}]*)?\}?", lambda v: defaults.get(v.group(1), "X"), rest)
             rest = re.sub(r"\s?[0-9]*>.*$", "", rest)          # redirections
             found.append((f"{src.name}: {line[:80]}", m.group(1), shlex.split(rest)))
@@ -74,8 +75,10 @@ MODEL_CLIS = {"train.py", "execs/train_uce.py", "execs/generate_images.py", "att
               "execs/adversarial_rates.py", "attack_methods/UnlearnDiffAtk.py", "attack_methods/P4D.py"}
 # Docstring commands not run here, and why (each is run elsewhere or needs a large model).
 NOT_RUN = {
-    "execs/train_shapes_model.py": "trains the shipped shapes model (30 min); tests/test_shapes.py trains a small one",
+    "execs/train_shapes_model.py": "trains the shipped shapes model (41 min); tests/test_shapes.py trains a small one",
     "execs/shapes_table.py": "needs the demo's runs; tests/test_demo.py runs scripts/demo.sh, which calls it",
+    "execs/robustness_table.py": "needs scripts/robustness.sh's runs; tests/test_robustness.py runs the script, "
+                                 "which calls it",
     "benchmarks/erase_speed.py": "builds SD 1.4-sized models (GBs of memory): a benchmark, not a test",
     "benchmarks/generation_speed.py": "a benchmark (timings), not a test",
     "benchmarks/nudity_speed.py": "a benchmark (timings), not a test",

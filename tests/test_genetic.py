@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from utils.attack.genetic import embed_ids, search
+from utils.models import TextEncoders
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def fitness(encoder, tokenizer, pop, target):
 def test_one_generation_returns_the_best_of_the_initial_population(text):
     tokenizer, encoder = text
     target = torch.randn(77, encoder.config.hidden_size, generator=torch.Generator().manual_seed(0))
-    found = search(tokenizer, encoder, target, np.random.default_rng(3), length=4, population=6, generations=1)
+    found = search(TextEncoders([tokenizer], [encoder]), target, np.random.default_rng(3), length=4, population=6, generations=1)
     vocab = vocab_of(tokenizer)
     pop = vocab[torch.from_numpy(np.random.default_rng(3).integers(0, len(vocab), size=(6, 4)))]
     f = fitness(encoder, tokenizer, pop, target)
@@ -59,7 +60,7 @@ def test_one_generation_returns_the_best_of_the_initial_population(text):
 def test_generations_never_lose_the_best_and_trace_each_step(text):
     tokenizer, encoder = text
     target = torch.randn(77, encoder.config.hidden_size, generator=torch.Generator().manual_seed(1))
-    found = search(tokenizer, encoder, target, np.random.default_rng(4), length=3, population=8, generations=5)
+    found = search(TextEncoders([tokenizer], [encoder]), target, np.random.default_rng(4), length=3, population=8, generations=5)
     trace = found["trace"]
     assert [t["generation"] for t in trace] == [0, 1, 2, 3, 4]
     best = [t["best_fitness"] for t in trace]
@@ -73,9 +74,9 @@ def test_generations_never_lose_the_best_and_trace_each_step(text):
     assert found["initial_text"] == tokenizer.decode(pop[int(torch.argmin(f0))].tolist()).strip()
     assert best[0] == pytest.approx(float(f0.min()), rel=1e-5)
     # sparse trace: every generations // 20 and the last one
-    sparse = search(tokenizer, encoder, target, np.random.default_rng(4), length=3, population=4, generations=45)
+    sparse = search(TextEncoders([tokenizer], [encoder]), target, np.random.default_rng(4), length=3, population=4, generations=45)
     assert [t["generation"] for t in sparse["trace"]] == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30,
                                                           32, 34, 36, 38, 40, 42, 44]
-    every = search(tokenizer, encoder, target, np.random.default_rng(4), length=3, population=4, generations=5,
+    every = search(TextEncoders([tokenizer], [encoder]), target, np.random.default_rng(4), length=3, population=4, generations=5,
                    trace_every=2)
     assert [t["generation"] for t in every["trace"]] == [0, 2, 4]
