@@ -29,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.cli import named_values  # noqa: E402
 from utils.errors import UserError, check_finite, run_cli  # noqa: E402
 from utils.io import write_json, write_text_atomic, atomic_path  # noqa: E402
 
@@ -49,16 +50,10 @@ def parse_args(argv=None):
 
 
 def _methods(items: list[str], root: Path) -> dict[str, str]:
-    out = {}
-    for item in items:
-        name, sep, slug = item.partition("=")
-        if not sep or not name or not slug:
-            raise UserError(f"--methods {item!r}: expected NAME=SLUG")
-        if name in out:
-            raise UserError(f"--methods names {name!r} twice")
+    out = named_values(items, "--methods")
+    for name, slug in out.items():
         if not (root / f"gen-{slug}" / "prompts.csv").is_file():
-            raise UserError(f"--methods {item!r}: {root / f'gen-{slug}'} has no prompts.csv (generate it first)")
-        out[name] = slug
+            raise UserError(f"--methods {name}={slug}: {root / f'gen-{slug}'} has no prompts.csv (generate it first)")
     return out
 
 

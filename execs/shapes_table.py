@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.world import shapes  # noqa: E402
+from utils.cli import named_values  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.score.evaluation import run_images  # noqa: E402
 from utils.io import write_json, write_text_atomic  # noqa: E402
@@ -35,14 +36,9 @@ def parse_args(argv=None):
 
 def _named(items, flag):
     out = {}
-    for item in items:
-        name, sep, folder = item.partition("=")
-        if not sep or not name or not folder:
-            raise UserError(f"{flag} {item!r}: expected NAME=FOLDER")
-        if name in out:
-            raise UserError(f"{flag} names {name!r} twice ({out[name]} and {folder}); give each run its own name")
+    for name, folder in named_values(items, flag).items():
         if not (Path(folder) / "prompts.csv").is_file():
-            raise UserError(f"{flag} {item!r}: {folder} has no prompts.csv (generate the images first)")
+            raise UserError(f"{flag} {name}={folder}: {folder} has no prompts.csv (generate the images first)")
         out[name] = Path(folder)
     return out
 

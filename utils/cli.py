@@ -139,3 +139,18 @@ def stopwatch(store: dict, key: str, cpu: bool = False):
         if cpu:
             k = key.removesuffix("_seconds") + "_cpu_seconds"
             store[k] = store.get(k, 0.0) + time.process_time() - c
+
+
+def named_values(items: list[str], flag: str) -> dict[str, str]:
+    """NAME=VALUE command-line items as a dict, in order; a malformed item or a repeated name is a UserError."""
+    from utils.errors import UserError
+
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise UserError(f"{flag} {item!r}: expected NAME=VALUE")
+        if name in out:
+            raise UserError(f"{flag} names {name!r} twice ({out[name]} and {value}); give each its own name")
+        out[name] = value
+    return out
